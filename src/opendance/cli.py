@@ -1,0 +1,193 @@
+"""The `opendance` command: serve, keys, migrate, ledger."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from opendance.settings import DEFAULT_MODEL, Settings
+
+app = typer.Typer(
+    help="opendance: a self-hosted video generation API server.", no_args_is_help=True
+)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys; grant credits.", no_args_is_help=True
+)
+ledger_app = typer.Typer(help="Check the credit ledger.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML or JSON config file.", exists=True)
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    if config is not None:
+        os.environ["OPENDANCE_CONFIG"] = str(config)
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int | None, typer.Option(help="In-process worker threads.")] = None,
+    no_workers: Annotated[
+        bool, typer.Option("--no-workers", help="API only, run no tasks.")
+    ] = False,
+) -> None:
+    """Run the API server (and its workers). Creates a first API key if there is none."""
+    import uvicorn
+
+    from opendance.app import build_runtime, create_app
+
+    settings = _settings(config, host=host, port=port, workers=0 if no_workers else workers)
+    _setup_logging(settings.log_level)
+    runtime = build_runtime(settings)
+    if runtime.accounts.count() == 0:
+        created = runtime.accounts.create_key(
+            credits=settings.first_key_credits, group="default", name="first key"
+        )
+        console.print(
+            Panel.fit(
+                f"[bold]Your first API key[/bold] (shown once, keep it):\n\n"
+                f"  [green]{created.token}[/green]\n\n"
+                f"It holds {settings.first_key_credits} credits. Try:\n\n"
+                f"  export OPENDANCE_KEY={created.token}\n"
+                f"  curl {settings.base_url}/v1/videos/generations \\\n"
+                f"    -H \"Authorization: Bearer $OPENDANCE_KEY\" \\\n"
+                f"    -H 'Content-Type: application/json' \\\n"
+                f'    -d \'{{"model": "{DEFAULT_MODEL}", "prompt": "A cat playing piano"}}\'',
+                title="opendance",
+            )
+        )
+    console.print(
+        f"opendance on [bold]{settings.base_url}[/bold]  (docs: {settings.base_url}/docs, "
+        f"data: {settings.data_dir}, workers: {settings.workers})"
+    )
+    uvicorn.run(
+        create_app(settings, runtime=runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Bring the database schema up to date."""
+    from opendance.store.migrate import upgrade
+
+    settings = _settings(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    console.print(f"database at head: {settings.db_url}")
+
+
+def _accounts(config: Path | None) -> Any:
+    from opendance.store.db import Database
+    from opendance.store.migrate import upgrade
+    from opendance.tasks.accounts import Accounts
+
+    settings = _settings(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    return Accounts(Database(settings.db_url))
+
+
+@keys_app.command("create")
+def keys_create(
+    credits: Annotated[int, typer.Option(help="Initial credits.", min=0)] = 0,
+    group: Annotated[str, typer.Option(help="Price group.")] = "default",
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a key; its secret is printed once and stored only as a hash."""
+    created = _accounts(config).create_key(credits=credits, group=group, name=name)
+    console.print(f"[green]{created.token}[/green]")
+    console.print(
+        f"id {created.summary.id}, group {group}, {credits} credits. This is the only time the "
+        "key is shown.",
+        style="dim",
+    )
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List keys (ids, groups, balances; never secrets)."""
+    table = Table("id", "name", "group", "balance", "ends with", "status")
+    for key in _accounts(config).list():
+        table.add_row(
+            key.id,
+            key.name or "",
+            key.group,
+            str(key.balance),
+            key.last4,
+            "[red]revoked[/red]" if key.revoked_at else "[green]active[/green]",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
+    """Revoke a key: it stops working at once."""
+    _accounts(config).revoke(key_id)
+    console.print(f"revoked {key_id}")
+
+
+@keys_app.command("grant")
+def keys_grant(
+    key_id: str,
+    credits: Annotated[int, typer.Argument(help="Credits to add (negative to take back).")],
+    config: ConfigOption = None,
+) -> None:
+    """Add credits to a key (written to the ledger)."""
+    balance = _accounts(config).grant(key_id, credits, note="granted from the CLI")
+    console.print(f"{key_id}: balance {balance}")
+
+
+@ledger_app.command("check")
+def ledger_check(config: ConfigOption = None) -> None:
+    """Check every key's balance against its ledger; exit 1 if any does not add up."""
+    from opendance.app import build_runtime
+
+    runtime = build_runtime(_settings(config))
+    table = Table("key", "balance", "granted", "reserved", "settled", "refunded", "open", "ok")
+    bad = 0
+    for key_id in runtime.service.key_ids():
+        audit = runtime.service.ledger_audit(key_id)
+        bad += not audit.balanced
+        table.add_row(
+            key_id,
+            *(str(v) for v in (audit.balance, audit.granted, audit.reserved, audit.settled)),
+            str(audit.refunded),
+            str(audit.open_reservations),
+            "[green]yes[/green]" if audit.balanced else "[red]NO[/red]",
+        )
+    console.print(table)
+    raise typer.Exit(1 if bad else 0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Runs one claimed task on its engine: the bridge between the task service and an engine.
+
+It builds the engine's job (fetching the input image where there is one), gives the engine a
+context whose progress reports double as lease heartbeats and cancel checks, stores the result
+file, and reports exactly one outcome under the task's lease. A heartbeat thread keeps the
+lease alive through long engine steps and notices a cancel made by another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from opendance.engines.base import (
+    EngineError,
+    EngineResult,
+    TaskCancelled,
+    VideoJob,
+    VideoRequest,
+)
+from opendance.engines.registry import EngineRouter
+from opendance.media.storage import ResultStore
+from opendance.settings import Settings
+from opendance.tasks.models import Cancelled, ClaimedTask, Completed, Failed
+from opendance.tasks.service import TaskService
+
+log = logging.getLogger(__name__)
+
+
+class WorkerContext:
+    """The `EngineContext` of one attempt of one task."""
+
+    #: Seconds between progress writes when the integer percent has not moved.
+    MIN_REPORT_INTERVAL = 1.0
+
+    def __init__(self, service: TaskService, claimed: ClaimedTask, work_dir: Path) -> None:
+        self._service = service
+        self._claimed = claimed
+        self._work_dir = work_dir
+        self._cancelled = threading.Event()
+        self._last_percent = -1
+        self._last_report = 0.0
+        self._state = claimed.engine_state
+
+    @property
+    def task_id(self) -> str:
+        return self._claimed.id
+
+    @property
+    def work_dir(self) -> Path:
+        return self._work_dir
+
+    @property
+    def resume_state(self) -> dict[str, Any] | None:
+        return self._state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        if not self._service.save_engine_state(self.task_id, self._claimed.lease_token, state):
+            self._cancelled.set()
+            raise TaskCancelled(self.task_id)
+        self._state = state
+
+    def report_progress(self, fraction: float) -> None:
+        percent = int(max(0.0, min(1.0, fraction)) * 99)
+        now = time.monotonic()
+        if percent != self._last_percent or now - self._last_report >= self.MIN_REPORT_INTERVAL:
+            self._last_percent = percent
+            self._last_report = now
+            if not self._service.heartbeat(self.task_id, self._claimed.lease_token, percent):
+                self._cancelled.set()
+        self.check_cancel()
+
+    def check_cancel(self) -> None:
+        if self._cancelled.is_set():
+            raise TaskCancelled(self.task_id)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Called when this process learns of a cancel (or a lost lease)."""
+        self._cancelled.set()
+
+
+class TaskRunner:
+    """Runs claimed tasks; one instance is shared by the worker threads of a process."""
+
+    def __init__(
+        self,
+        service: TaskService,
+        router: EngineRouter,
+        results: ResultStore,
+        settings: Settings,
+    ) -> None:
+        self.service = service
+        self.router = router
+        self.results = results
+        self.settings = settings
+        self._active: dict[str, WorkerContext] = {}
+        self._lock = threading.Lock()
+        service.on_cancelled.append(self.notify_cancelled)
+
+    def notify_cancelled(self, task_id: str) -> None:
+        with self._lock:
+            ctx = self._active.get(task_id)
+        if ctx is not None:
+            ctx.cancel()
+
+    def active_tasks(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
+
+    def run(self, claimed: ClaimedTask) -> None:
+        work_dir = self.settings.work_dir / f"{claimed.id}-{claimed.attempt}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ctx = WorkerContext(self.service, claimed, work_dir)
+        with self._lock:
+            self._active[claimed.id] = ctx
+        stop_heartbeat = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(claimed, ctx, stop_heartbeat), daemon=True
+        )
+        beat.start()
+        try:
+            self._run(claimed, ctx)
+        finally:
+            stop_heartbeat.set()
+            beat.join(timeout=5)
+            with self._lock:
+                self._active.pop(claimed.id, None)
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _heartbeat(self, claimed: ClaimedTask, ctx: WorkerContext, stop: threading.Event) -> None:
+        interval = max(0.05, self.settings.lease_seconds / 3)
+        while not stop.wait(interval):
+            if not self.service.heartbeat(claimed.id, claimed.lease_token):
+                ctx.cancel()
+                return
+
+    def _run(self, claimed: ClaimedTask, ctx: WorkerContext) -> None:
+        token = claimed.lease_token
+        try:
+            engine = self.router.started_engine(claimed.requested_model)
+            request = VideoRequest(
+                prompt=claimed.prompt,
+                duration=claimed.duration,
+                quality=claimed.quality,
+                aspect_ratio=claimed.aspect_ratio,
+                seed=claimed.seed,
+                has_image=claimed.image_url is not None,
+            )
+            image = source_image = None
+            image_size: tuple[int, int] | None = None
+            if claimed.image_url is not None:
+                source_image = self._fetch_image(claimed.image_url)
+                image_size = source_image.size
+            plan = engine.plan(request, image_size)
+            if not self.service.set_plan(claimed.id, token, plan):
+                raise TaskCancelled(claimed.id)
+            if source_image is not None:
+                from opendance.media.fetch import fit_image
+
+                image = fit_image(source_image, plan.width, plan.height)
+            job = VideoJob(
+                task_id=claimed.id,
+                prompt=claimed.prompt,
+                width=plan.width,
+                height=plan.height,
+                fps=plan.fps,
+                frames=plan.frames,
+                duration=claimed.duration,
+                quality=claimed.quality,
+                aspect_ratio=claimed.aspect_ratio,
+                seed=claimed.seed,
+                image=image,
+                source_image=source_image,
+                extra={"image_url": claimed.image_url} if claimed.image_url else {},
+            )
+            ctx.check_cancel()
+            result = engine.generate(job, ctx)
+            self._deliver(claimed, result)
+        except TaskCancelled:
+            log.info("task %s stopped (cancelled or lease lost)", claimed.id)
+            self.service.complete(claimed.id, token, Cancelled())
+        except EngineError as error:
+            log.info("task %s failed: %s %s", claimed.id, error.code, error.message)
+            self.service.complete(claimed.id, token, Failed(error.code, error.message))
+        except Exception:
+            log.exception("engine crashed on task %s", claimed.id)
+            self.service.complete(
+                claimed.id,
+                token,
+                Failed("engine_error", "The engine failed unexpectedly; the task was refunded."),
+            )
+
+    def _fetch_image(self, url: str) -> Any:
+        from opendance.media.fetch import ImageFetchError, fetch_image
+
+        try:
+            return fetch_image(
+                url,
+                allow_loopback=self.settings.allow_loopback_for_tests,
+                extra_ca_file=self.settings.extra_ca_file,
+            )
+        except ImageFetchError as error:
+            raise EngineError(error.code, error.message) from error
+
+    def _deliver(self, claimed: ClaimedTask, result: EngineResult) -> None:
+        relative = self.results.store(claimed.id, result.path)
+        outcome = Completed(
+            result_file=relative,
+            model=result.model,
+            width=result.width,
+            height=result.height,
+            fps=result.fps,
+            frames=result.frames,
+            usage=result.usage,
+        )
+        if not self.service.complete(claimed.id, claimed.lease_token, outcome):
+            # Cancelled or re-queued meanwhile: this attempt's file is not the task's result.
+            self.results.delete(relative)

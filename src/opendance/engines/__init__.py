@@ -1,0 +1,1 @@
+"""Engines: the things that actually make videos, behind one small interface."""

@@ -1,0 +1,160 @@
+"""The engine interface: what every engine (sandbox, diffusers, upstream) implements.
+
+An engine knows nothing about keys, credits or HTTP faces. It gets a typed `VideoJob` (what to
+make, at which size) and an `EngineContext` (report progress, check cancel, a scratch folder,
+state that survives a restart) and returns an `EngineResult` pointing at an MP4 file it wrote.
+Engines run in a worker thread, so `generate` is a plain blocking call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+class TaskCancelled(Exception):
+    """Raised inside an engine (by the context) when the task was cancelled or its lease lost.
+
+    Engines must let it propagate: the worker turns it into the cancelled outcome.
+    """
+
+
+class EngineError(Exception):
+    """A failure the engine understands, with a stable error `code` shown to the task's owner.
+
+    `retryable` marks failures where another engine or a later attempt may succeed (an upstream
+    5xx or 429 before any work started); the router uses it for failover.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """What the client asked for, already validated against the contract."""
+
+    prompt: str
+    duration: int
+    quality: str
+    aspect_ratio: str
+    seed: int | None = None
+    has_image: bool = False
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """What the engine will really make for a request: size, frame rate, frame count, model.
+
+    The sandbox makes the contract's sizes exactly; a model engine maps to the nearest size its
+    model supports and says so here, and the task reports it.
+    """
+
+    width: int
+    height: int
+    fps: int
+    frames: int
+    model: str
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One unit of work for an engine."""
+
+    task_id: str
+    prompt: str
+    width: int
+    height: int
+    fps: int
+    frames: int
+    duration: int
+    quality: str
+    aspect_ratio: str
+    seed: int | None = None
+    # The first frame for image-to-video, already fitted to width x height (RGB).
+    image: Image | None = None
+    # The original (unfitted) image, for engines that send it upstream as it is.
+    source_image: Image | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """An MP4 file the engine wrote (inside the context's work_dir) and what it really is."""
+
+    path: Path
+    width: int
+    height: int
+    fps: int
+    frames: int
+    model: str
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineContext(Protocol):
+    """What the worker gives an engine for one attempt of one task."""
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def work_dir(self) -> Path:
+        """A private scratch folder for this attempt; write the output file here."""
+        ...
+
+    @property
+    def resume_state(self) -> dict[str, Any] | None:
+        """State saved by an earlier attempt of this task (e.g. an upstream task id), if any."""
+        ...
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Persist small JSON state before doing anything that must not be repeated on restart."""
+        ...
+
+    def report_progress(self, fraction: float) -> None:
+        """Report progress in [0, 1]; raises `TaskCancelled` if the task must stop now."""
+        ...
+
+    def check_cancel(self) -> None:
+        """Raise `TaskCancelled` if the task was cancelled (a safe point)."""
+        ...
+
+    def is_cancelled(self) -> bool: ...
+
+
+class Engine(ABC):
+    """Base class of every engine. One instance serves many tasks (it may hold a loaded model)."""
+
+    #: The engine kind, as named in routes: "sandbox", "diffusers", "ark", ...
+    kind: str = "engine"
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str:
+        """The model this engine runs, reported in the task's `model` field."""
+
+    @abstractmethod
+    def plan(self, request: VideoRequest, image_size: tuple[int, int] | None = None) -> VideoPlan:
+        """Map a request (and the input image's size, for image-to-video) to what will be made."""
+
+    @abstractmethod
+    def estimate_seconds(self, plan: VideoPlan) -> float:
+        """How long one job of this plan takes on this engine, for `estimated_time`."""
+
+    @abstractmethod
+    def generate(self, job: VideoJob, ctx: EngineContext) -> EngineResult:
+        """Make the video. Blocking; call `ctx.report_progress` often; honour cancel."""
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Load weights, warm up; called once before the first job (in the worker's thread)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free what `start` took."""

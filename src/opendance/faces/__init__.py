@@ -1,0 +1,1 @@
+"""Faces: the HTTP wire formats (Seedance task API; more later). Thin adapters over the service."""

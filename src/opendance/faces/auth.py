@@ -1,0 +1,52 @@
+"""Bearer-key authentication for every `/v1` endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from opendance.faces.errors import ApiError
+from opendance.tasks.models import KeyInfo
+
+_bearer = HTTPBearer(auto_error=False, description="An opendance API key: `od_...`")
+
+
+def authenticate_request(request: Request, token: str | None) -> KeyInfo:
+    if not token:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "Send your API key as 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key: KeyInfo | None = request.app.state.runtime.accounts.authenticate(token)
+    if key is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "The API key is not valid (unknown, revoked or mistyped).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.key = key
+    return key
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def require_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> KeyInfo:
+    """The calling key; 401 in the contract's error shape if it is missing or wrong."""
+    return authenticate_request(request, bearer_token(request))
+
+
+CurrentKey = Annotated[KeyInfo, Depends(require_key)]

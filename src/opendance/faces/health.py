@@ -1,0 +1,41 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from opendance import __version__
+from opendance.store.migrate import is_current
+
+router = APIRouter(tags=["Health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+def healthz() -> dict[str, Any]:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/readyz", summary="The server can take work (database reachable and migrated)")
+def readyz(request: Request) -> JSONResponse:
+    runtime = request.app.state.runtime
+    checks: dict[str, str] = {}
+    try:
+        with runtime.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if is_current(runtime.db.engine, runtime.db.url) else "pending"
+    except Exception as error:  # the probe reports, it does not raise
+        checks["database"] = f"error: {type(error).__name__}"
+    if runtime.dispatcher is not None:
+        checks["workers"] = "ok" if runtime.dispatcher.running else "stopped"
+    if runtime.shutting_down:
+        checks["shutdown"] = "in progress"
+    ready = all(value == "ok" for value in checks.values()) and not runtime.shutting_down
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,1 @@
+"""Media: safe fetching, sizes, video encoding and result storage."""

@@ -1,0 +1,146 @@
+"""Configuration: one pydantic-settings object, built once at start and passed down.
+
+Values come from `OPENDANCE_*` environment variables (nested with `__`, e.g.
+`OPENDANCE_PRICES__DOUBAO-SEEDANCE-1.0-PRO-FAST__1080P`) and from an optional TOML or JSON
+config file named by `OPENDANCE_CONFIG` (or `opendance serve --config`). Environment wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_MODEL = "doubao-seedance-1.0-pro-fast"
+
+
+class RouteEngine(BaseModel):
+    """One engine behind a public model name: its kind and the options that kind understands."""
+
+    engine: str = Field(description="Engine kind: sandbox, diffusers, ark, evolink.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Route(BaseModel):
+    """Which engine(s) serve a public model name. More than one engine means failover, in order."""
+
+    engines: list[RouteEngine] = Field(min_length=1)
+
+
+def _default_routes() -> dict[str, Route]:
+    return {DEFAULT_MODEL: Route(engines=[RouteEngine(engine="sandbox")])}
+
+
+def _default_prices() -> dict[str, dict[str, Decimal]]:
+    # Credits per second of video, per quality. 5 s at 1080p = 8 credits, as in the contract.
+    return {
+        DEFAULT_MODEL: {"480p": Decimal("0.6"), "720p": Decimal("1.0"), "1080p": Decimal("1.6")}
+    }
+
+
+class Settings(BaseSettings):
+    """Every setting of the server, worker and CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPENDANCE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".opendance",
+        description="Where the SQLite database, results and secrets live.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in data_dir."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str | None = Field(
+        default=None, description="Absolute base for result URLs; default http://host:port."
+    )
+    workers: int = Field(default=2, ge=0, description="In-process worker threads (0: none).")
+    result_ttl_seconds: int = Field(default=86400, ge=60)
+    url_signing_secret: SecretStr | None = Field(
+        default=None, description="HMAC key for result URLs; default: generated in data_dir."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A processing task whose worker is silent this long is re-queued.",
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a task fails for good.")
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    max_queued_tasks: int = Field(default=10000, ge=1, description="503 beyond this many pending.")
+    first_key_credits: int = Field(default=1000, ge=0)
+    routes: dict[str, Route] = Field(default_factory=_default_routes)
+    prices: dict[str, dict[str, Decimal]] = Field(default_factory=_default_prices)
+    group_price_multipliers: dict[str, Decimal] = Field(default_factory=dict)
+    # Test and local-development only: lets callbacks and image URLs reach loopback.
+    allow_loopback_for_tests: bool = False
+    extra_ca_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'opendance.db'}"
+
+    @property
+    def base_url(self) -> str:
+        base = self.public_base_url or f"http://{self.host}:{self.port}"
+        return base.rstrip("/")
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML/JSON file named by OPENDANCE_CONFIG, if any."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("OPENDANCE_CONFIG")
+        if not path:
+            return {}
+        return load_config_file(Path(path))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Parse a config file (TOML or JSON by extension)."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        data: dict[str, Any] = json.loads(text)
+        return data
+    return tomllib.loads(text)

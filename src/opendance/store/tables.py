@@ -1,0 +1,109 @@
+"""The SQL tables. One schema for SQLite and PostgreSQL; Alembic migrations follow it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    """An API key: only a SHA-256 of its secret is stored; `balance` is audited by the ledger."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    last4: Mapped[str] = mapped_column(String(4))
+    user_group: Mapped[str] = mapped_column(String(64), default="default")
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
+class LedgerEntry(Base):
+    """Append-only credit movements. A task has one reserve and then exactly one settle or refund.
+
+    `amount` is always positive; `kind` says the direction: grant and refund add to the balance,
+    reserve takes from it, settle turns a reservation into a charge without moving the balance.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("task_id", "kind", name="uq_ledger_task_kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Task(Base):
+    """A video generation task and everything its lifecycle needs (lease, plan, result, error)."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_status_created", "status", "created_seq"),
+        Index("ix_tasks_key_created", "api_key_id", "created_seq"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Monotonic creation order (ids are random after their timestamp).
+    created_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    requested_model: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+    prompt: Mapped[str] = mapped_column(Text)
+    duration: Mapped[int] = mapped_column(Integer)
+    quality: Mapped[str] = mapped_column(String(8))
+    aspect_ratio: Mapped[str] = mapped_column(String(16))
+    image_url: Mapped[str | None] = mapped_column(Text)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    fps: Mapped[int | None] = mapped_column(Integer)
+    frames: Mapped[int | None] = mapped_column(Integer)
+
+    credits: Mapped[int] = mapped_column(BigInteger)
+    user_group: Mapped[str] = mapped_column(String(64))
+    estimated_seconds: Mapped[float] = mapped_column(Float)
+
+    result_file: Mapped[str | None] = mapped_column(String(300))
+    result_expires_at: Mapped[float | None] = mapped_column(Float)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)

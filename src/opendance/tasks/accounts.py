@@ -1,0 +1,118 @@
+"""API keys and balances: create (shown once), authenticate, list, revoke, grant credits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+
+from opendance.clock import Clock
+from opendance.store.db import Database
+from opendance.store.tables import ApiKey
+from opendance.tasks import keys, ledger
+from opendance.tasks.errors import KeyNotFound
+from opendance.tasks.models import KeyInfo
+
+
+@dataclass(frozen=True)
+class KeySummary:
+    id: str
+    name: str | None
+    group: str
+    balance: int
+    last4: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key. `token` is the only time the full secret exists outside the client."""
+
+    token: str
+    summary: KeySummary
+
+
+class Accounts:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock = clock or Clock()
+
+    def create_key(
+        self, *, credits: int, group: str = "default", name: str | None = None
+    ) -> CreatedKey:
+        new = keys.generate()
+        now = self.clock.now()
+        with self.db.write() as session:
+            session.add(
+                ApiKey(
+                    id=new.key_id,
+                    name=name,
+                    secret_hash=new.secret_hash,
+                    last4=new.token[-4:],
+                    user_group=group,
+                    balance=0,
+                    created_at=now,
+                )
+            )
+            session.flush()
+            if credits:
+                ledger.grant(session, new.key_id, credits, now, note="initial credits")
+        return CreatedKey(token=new.token, summary=self.get(new.key_id))
+
+    def authenticate(self, token: str) -> KeyInfo | None:
+        """The key for a bearer token, or None if malformed, unknown, wrong or revoked."""
+        parsed = keys.parse(token)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        with self.db.read() as session:
+            row = session.get(ApiKey, key_id)
+            if row is None or row.revoked_at is not None:
+                return None
+            if not keys.matches(secret, row.secret_hash):
+                return None
+            return KeyInfo(id=row.id, group=row.user_group, name=row.name)
+
+    def get(self, key_id: str) -> KeySummary:
+        with self.db.read() as session:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise KeyNotFound(f"No API key with id {key_id}.")
+            return _summary(row)
+
+    def list(self) -> list[KeySummary]:
+        with self.db.read() as session:
+            rows = session.execute(select(ApiKey).order_by(ApiKey.created_at)).scalars()
+            return [_summary(row) for row in rows]
+
+    def count(self) -> int:
+        with self.db.read() as session:
+            return int(session.execute(select(func.count()).select_from(ApiKey)).scalar_one())
+
+    def revoke(self, key_id: str) -> KeySummary:
+        with self.db.write() as session:
+            result = session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=self.clock.now())
+            )
+            if result.rowcount == 0 and session.get(ApiKey, key_id) is None:  # type: ignore[attr-defined]
+                raise KeyNotFound(f"No API key with id {key_id}.")
+        return self.get(key_id)
+
+    def grant(self, key_id: str, credits: int, note: str | None = None) -> int:
+        with self.db.write() as session:
+            return ledger.grant(session, key_id, credits, self.clock.now(), note=note)
+
+
+def _summary(row: ApiKey) -> KeySummary:
+    return KeySummary(
+        id=row.id,
+        name=row.name,
+        group=row.user_group,
+        balance=row.balance,
+        last4=row.last4,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )

@@ -1,0 +1,44 @@
+"""Errors of the task service. Faces map them to their own wire format and HTTP status."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: a stable `code` and a message safe to show to the key's owner."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ServiceError):
+    code = "invalid_parameter"
+
+
+class UnknownModel(ServiceError):
+    code = "unknown_model"
+
+
+class InsufficientCredits(ServiceError):
+    code = "insufficient_credits"
+
+
+class TaskNotFound(ServiceError):
+    code = "task_not_found"
+
+
+class TaskNotCancellable(ServiceError):
+    code = "task_not_cancellable"
+
+
+class ServiceUnavailable(ServiceError):
+    code = "server_busy"
+
+
+class KeyNotFound(ServiceError):
+    code = "key_not_found"

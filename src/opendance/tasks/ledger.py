@@ -1,0 +1,139 @@
+"""The credit ledger: reserve at creation, then settle or refund exactly once.
+
+Every function here runs inside the caller's write transaction, so a movement is committed
+together with the task change that causes it. The unique (task_id, kind) constraint makes a
+second settle or refund of one task impossible, whatever crashes or races happen; the balance
+update is conditional (`balance >= amount`), so concurrent creates can never overdraw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from opendance.store.tables import ApiKey, LedgerEntry
+from opendance.tasks.errors import InsufficientCredits, KeyNotFound
+
+GRANT = "grant"
+RESERVE = "reserve"
+SETTLE = "settle"
+REFUND = "refund"
+
+
+def _entry(
+    session: Session,
+    key_id: str,
+    task_id: str | None,
+    kind: str,
+    amount: int,
+    balance_after: int,
+    now: float,
+    note: str | None = None,
+) -> None:
+    session.add(
+        LedgerEntry(
+            api_key_id=key_id,
+            task_id=task_id,
+            kind=kind,
+            amount=amount,
+            balance_after=balance_after,
+            note=note,
+            created_at=now,
+        )
+    )
+
+
+def grant(session: Session, key_id: str, amount: int, now: float, note: str | None = None) -> int:
+    """Add credits to a key (or take them back with a negative amount, never below zero)."""
+    row = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.balance + amount >= 0)
+        .values(balance=ApiKey.balance + amount)
+        .returning(ApiKey.balance)
+    ).first()
+    if row is None:
+        exists = session.get(ApiKey, key_id)
+        if exists is None:
+            raise KeyNotFound(f"No API key with id {key_id}.")
+        raise InsufficientCredits("The balance cannot go below zero.")
+    _entry(session, key_id, None, GRANT, amount, row[0], now, note)
+    return int(row[0])
+
+
+def reserve(session: Session, key_id: str, task_id: str, amount: int, now: float) -> int:
+    """Hold `amount` credits for a task; InsufficientCredits (and nothing written) if short."""
+    row = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.balance >= amount)
+        .values(balance=ApiKey.balance - amount)
+        .returning(ApiKey.balance)
+    ).first()
+    if row is None:
+        balance = session.execute(select(ApiKey.balance).where(ApiKey.id == key_id)).scalar()
+        raise InsufficientCredits(
+            f"This request costs {amount} credits but the key's balance is {balance or 0}.",
+        )
+    _entry(session, key_id, task_id, RESERVE, amount, row[0], now)
+    return int(row[0])
+
+
+def settle(session: Session, key_id: str, task_id: str, amount: int, now: float) -> None:
+    """Turn a task's reservation into a charge (the balance already went down at reserve)."""
+    balance = session.execute(select(ApiKey.balance).where(ApiKey.id == key_id)).scalar_one()
+    _entry(session, key_id, task_id, SETTLE, amount, balance, now)
+
+
+def refund(session: Session, key_id: str, task_id: str, amount: int, now: float) -> None:
+    """Give a task's reservation back."""
+    balance = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .values(balance=ApiKey.balance + amount)
+        .returning(ApiKey.balance)
+    ).scalar_one()
+    _entry(session, key_id, task_id, REFUND, amount, balance, now)
+
+
+@dataclass(frozen=True)
+class LedgerAudit:
+    """Totals for one key, and whether they add up."""
+
+    key_id: str
+    balance: int
+    granted: int
+    reserved: int
+    settled: int
+    refunded: int
+    open_reservations: int
+
+    @property
+    def balanced(self) -> bool:
+        """The cached balance equals the ledger, and every closed reservation closed once."""
+        ledger_balance = self.granted - self.reserved + self.refunded
+        return ledger_balance == self.balance and (
+            self.reserved == self.settled + self.refunded + self.open_reservations
+        )
+
+
+def audit(session: Session, key_id: str, open_reservations: int) -> LedgerAudit:
+    """Sum a key's ledger; `open_reservations` is the credits of its tasks still running."""
+    totals = dict.fromkeys((GRANT, RESERVE, SETTLE, REFUND), 0)
+    rows = session.execute(
+        select(LedgerEntry.kind, func.coalesce(func.sum(LedgerEntry.amount), 0))
+        .where(LedgerEntry.api_key_id == key_id)
+        .group_by(LedgerEntry.kind)
+    ).all()
+    for kind, total in rows:
+        totals[kind] = int(total)
+    balance = session.execute(select(ApiKey.balance).where(ApiKey.id == key_id)).scalar_one()
+    return LedgerAudit(
+        key_id=key_id,
+        balance=int(balance),
+        granted=totals[GRANT],
+        reserved=totals[RESERVE],
+        settled=totals[SETTLE],
+        refunded=totals[REFUND],
+        open_reservations=open_reservations,
+    )

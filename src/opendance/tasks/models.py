@@ -1,0 +1,118 @@
+"""Domain types of the task service (no HTTP, no SQL rows leak out of the service)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from opendance.tasks.states import Status
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """An authenticated API key."""
+
+    id: str
+    group: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateTask:
+    """A validated create request (every face maps its wire format to this)."""
+
+    model: str
+    prompt: str
+    duration: int
+    quality: str
+    aspect_ratio: str
+    image_url: str | None = None
+    callback_url: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as its owner sees it, with the live estimate."""
+
+    id: str
+    api_key_id: str
+    requested_model: str
+    model: str
+    status: Status
+    progress: int
+    created: int
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    prompt: str
+    duration: int
+    quality: str
+    aspect_ratio: str
+    image_url: str | None
+    callback_url: str | None
+    seed: int | None
+    width: int | None
+    height: int | None
+    fps: int | None
+    frames: int | None
+    credits: int
+    user_group: str
+    estimated_time: int
+    result_file: str | None
+    result_expires_at: float | None
+    error_code: str | None
+    error_message: str | None
+    usage: dict[str, Any] | None = None
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in (Status.PENDING, Status.PROCESSING)
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """What a worker gets when it takes a task: the request plus its lease (fencing token)."""
+
+    id: str
+    lease_token: str
+    attempt: int
+    requested_model: str
+    prompt: str
+    duration: int
+    quality: str
+    aspect_ratio: str
+    image_url: str | None
+    seed: int | None
+    width: int | None
+    height: int | None
+    fps: int | None
+    frames: int | None
+    engine_state: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Completed:
+    result_file: str
+    model: str
+    width: int
+    height: int
+    fps: int
+    frames: int
+    usage: dict[str, Any] = field(default_factory=dict)
+    status: Status = Status.COMPLETED
+
+
+@dataclass(frozen=True)
+class Failed:
+    code: str
+    message: str
+    status: Status = Status.FAILED
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    status: Status = Status.CANCELLED
+
+
+Outcome = Completed | Failed | Cancelled

@@ -1,0 +1,566 @@
+"""The task service: validate-free lifecycle and money, in one place.
+
+Every state change is a conditional update on the old status (and, for workers, on the lease
+token), in one transaction with its ledger entry. `_finish` is the only way into a terminal
+state, whoever triggers it (worker, cancel, reaper), so a task is settled or refunded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import string
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from opendance.clock import Clock
+from opendance.engines.base import VideoPlan, VideoRequest
+from opendance.settings import Settings
+from opendance.store.db import Database
+from opendance.store.tables import ApiKey, Task
+from opendance.tasks import ledger
+from opendance.tasks.errors import (
+    ServiceUnavailable,
+    TaskNotCancellable,
+    TaskNotFound,
+    UnknownModel,
+)
+from opendance.tasks.models import (
+    Cancelled,
+    ClaimedTask,
+    Completed,
+    CreateTask,
+    Failed,
+    KeyInfo,
+    Outcome,
+    TaskView,
+)
+from opendance.tasks.pricing import PriceTable
+from opendance.tasks.states import TERMINAL, Status, sources_of
+
+log = logging.getLogger(__name__)
+
+_ID_CHARS = string.ascii_lowercase + string.digits
+
+
+class Planner(Protocol):
+    """What the service needs to know about engines: which models exist and what they make."""
+
+    def has_model(self, model: str) -> bool: ...
+
+    def plan(
+        self, model: str, request: VideoRequest, image_size: tuple[int, int] | None = None
+    ) -> VideoPlan: ...
+
+    def estimate_seconds(self, model: str, plan: VideoPlan) -> float: ...
+
+    def concurrency(self, model: str) -> int: ...
+
+
+def new_task_id(created: int) -> str:
+    suffix = "".join(secrets.choice(_ID_CHARS) for _ in range(8))
+    return f"task-unified-{created}-{suffix}"
+
+
+class TaskService:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        planner: Planner,
+        prices: PriceTable,
+        clock: Clock | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.planner = planner
+        self.prices = prices
+        self.clock = clock or Clock()
+        self._seq_lock = threading.Lock()
+        self._last_seq = 0
+        self.on_created: list[Callable[[str], None]] = []
+        self.on_cancelled: list[Callable[[str], None]] = []
+        self.on_changed: list[Callable[[str], None]] = []
+
+    # ------------------------------------------------------------------ create and read
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            self._last_seq = max(self._last_seq + 1, int(self.clock.now() * 1_000_000))
+            return self._last_seq
+
+    def quote(self, key: KeyInfo, request: CreateTask) -> int:
+        """The price of a request for this key, in whole credits."""
+        model = request.model if self.prices.has_model(request.model) else None
+        if model is None:
+            # A routed model without its own price uses the default model's rates.
+            from opendance.settings import DEFAULT_MODEL
+
+            model = DEFAULT_MODEL
+        return self.prices.price(model, request.quality, request.duration, key.group)
+
+    def create_task(self, key: KeyInfo, request: CreateTask) -> TaskView:
+        """Price, reserve and store a task, all in one transaction, before anyone hears of it."""
+        if not self.planner.has_model(request.model):
+            raise UnknownModel(
+                f"Unknown model '{request.model}'. Configured models: "
+                + ", ".join(sorted(self.settings.routes)),
+                param="model",
+            )
+        video_request = VideoRequest(
+            prompt=request.prompt,
+            duration=request.duration,
+            quality=request.quality,
+            aspect_ratio=request.aspect_ratio,
+            seed=request.seed,
+            has_image=request.image_url is not None,
+        )
+        # Image-to-video sizes depend on the image, known when the task starts.
+        plan = self.planner.plan(request.model, video_request, None)
+        estimate = self.planner.estimate_seconds(request.model, plan)
+        price = self.quote(key, request)
+        now = self.clock.now()
+        created = int(now)
+        task_id = new_task_id(created)
+        with self.db.write() as session:
+            pending = session.execute(
+                select(func.count()).select_from(Task).where(Task.status == Status.PENDING)
+            ).scalar_one()
+            if pending >= self.settings.max_queued_tasks:
+                raise ServiceUnavailable("The queue is full; try again later.")
+            ledger.reserve(session, key.id, task_id, price, now)
+            session.add(
+                Task(
+                    id=task_id,
+                    created_seq=self._next_seq(),
+                    api_key_id=key.id,
+                    requested_model=request.model,
+                    model=plan.model,
+                    status=Status.PENDING,
+                    progress=0,
+                    created=created,
+                    updated_at=now,
+                    prompt=request.prompt,
+                    duration=request.duration,
+                    quality=request.quality,
+                    aspect_ratio=request.aspect_ratio,
+                    image_url=request.image_url,
+                    callback_url=request.callback_url,
+                    seed=request.seed,
+                    width=None if video_request.has_image else plan.width,
+                    height=None if video_request.has_image else plan.height,
+                    fps=plan.fps,
+                    frames=plan.frames,
+                    credits=price,
+                    user_group=key.group,
+                    estimated_seconds=estimate,
+                    attempts=0,
+                )
+            )
+        for hook in self.on_created:
+            hook(task_id)
+        return self.get_task(key.id, task_id)
+
+    def get_task(self, key_id: str, task_id: str) -> TaskView:
+        """A key's own task; another key's task is as unknown as a missing one."""
+        with self.db.read() as session:
+            row = session.execute(
+                select(Task).where(Task.id == task_id, Task.api_key_id == key_id)
+            ).scalar_one_or_none()
+            if row is None:
+                raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+            return self._view(session, row)
+
+    def get_task_unscoped(self, task_id: str) -> TaskView | None:
+        """For internal callers (workers, result downloads), never for a face's read."""
+        with self.db.read() as session:
+            row = session.get(Task, task_id)
+            return None if row is None else self._view(session, row)
+
+    def list_tasks(
+        self, key_id: str, *, limit: int = 20, after: str | None = None, newest_first: bool = True
+    ) -> tuple[list[TaskView], bool]:
+        """A page of a key's tasks and whether more follow."""
+        with self.db.read() as session:
+            query = select(Task).where(Task.api_key_id == key_id)
+            if after is not None:
+                anchor = session.execute(
+                    select(Task.created_seq).where(Task.id == after, Task.api_key_id == key_id)
+                ).scalar_one_or_none()
+                if anchor is None:
+                    raise TaskNotFound(f"No task with id '{after}'.", param="after")
+                query = query.where(
+                    Task.created_seq < anchor if newest_first else Task.created_seq > anchor
+                )
+            order = Task.created_seq.desc() if newest_first else Task.created_seq.asc()
+            rows = session.execute(query.order_by(order).limit(limit + 1)).scalars().all()
+            views = [self._view(session, row) for row in rows[:limit]]
+            return views, len(rows) > limit
+
+    def _view(self, session: Session, row: Task) -> TaskView:
+        return TaskView(
+            id=row.id,
+            api_key_id=row.api_key_id,
+            requested_model=row.requested_model,
+            model=row.model,
+            status=Status(row.status),
+            progress=row.progress,
+            created=row.created,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            prompt=row.prompt,
+            duration=row.duration,
+            quality=row.quality,
+            aspect_ratio=row.aspect_ratio,
+            image_url=row.image_url,
+            callback_url=row.callback_url,
+            seed=row.seed,
+            width=row.width,
+            height=row.height,
+            fps=row.fps,
+            frames=row.frames,
+            credits=row.credits,
+            user_group=row.user_group,
+            estimated_time=self._estimated_time(session, row),
+            result_file=row.result_file,
+            result_expires_at=row.result_expires_at,
+            error_code=row.error_code,
+            error_message=row.error_message,
+            usage=row.usage,
+        )
+
+    def _estimated_time(self, session: Session, row: Task) -> int:
+        """Seconds until done: the engine's estimate, plus the work queued ahead for the model."""
+        if row.status in TERMINAL:
+            return 0
+        own = row.estimated_seconds
+        if row.status == Status.PROCESSING:
+            return max(1, math.ceil(own * (100 - row.progress) / 100))
+        ahead = session.execute(
+            select(func.coalesce(func.sum(Task.estimated_seconds), 0.0)).where(
+                Task.status == Status.PENDING,
+                Task.requested_model == row.requested_model,
+                Task.created_seq < row.created_seq,
+            )
+        ).scalar_one()
+        running = session.execute(
+            select(
+                func.coalesce(func.sum(Task.estimated_seconds * (100 - Task.progress) / 100.0), 0.0)
+            ).where(Task.status == Status.PROCESSING, Task.requested_model == row.requested_model)
+        ).scalar_one()
+        lanes = max(1, self.planner.concurrency(row.requested_model))
+        return max(1, math.ceil((float(ahead) + float(running)) / lanes + own))
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel_task(self, key_id: str, task_id: str) -> TaskView:
+        """Cancel a pending task at once; a processing one stops at the engine's next safe point."""
+        view = self.get_task(key_id, task_id)
+        if view.status in TERMINAL:
+            raise TaskNotCancellable(
+                f"Task '{task_id}' is already {view.status} and cannot be cancelled.",
+                param="task_id",
+            )
+        if not self._finish(task_id, Cancelled(), from_statuses=sources_of(Status.CANCELLED)):
+            view = self.get_task(key_id, task_id)
+            if view.status != Status.CANCELLED:
+                raise TaskNotCancellable(
+                    f"Task '{task_id}' is already {view.status} and cannot be cancelled.",
+                    param="task_id",
+                )
+        for hook in self.on_cancelled:
+            hook(task_id)
+        return self.get_task(key_id, task_id)
+
+    # ------------------------------------------------------------------ worker side
+
+    def claim_next(self, worker_id: str, models: Collection[str]) -> ClaimedTask | None:
+        """Take the oldest pending task of the given models, with a fresh lease."""
+        if not models:
+            return None
+        now = self.clock.now()
+        with self.db.write() as session:
+            candidate = (
+                select(Task.id)
+                .where(Task.status == Status.PENDING, Task.requested_model.in_(list(models)))
+                .order_by(Task.created_seq)
+                .limit(1)
+            )
+            if not self.db.is_sqlite:
+                candidate = candidate.with_for_update(skip_locked=True)
+            task_id = session.execute(candidate).scalar_one_or_none()
+            if task_id is None:
+                return None
+            token = secrets.token_hex(16)
+            row = session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.status == Status.PENDING)
+                .values(
+                    status=Status.PROCESSING,
+                    attempts=Task.attempts + 1,
+                    worker_id=worker_id,
+                    lease_token=token,
+                    lease_expires_at=now + self.settings.lease_seconds,
+                    started_at=func.coalesce(Task.started_at, now),
+                    updated_at=now,
+                )
+                .returning(Task)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            claimed = ClaimedTask(
+                id=row.id,
+                lease_token=token,
+                attempt=row.attempts,
+                requested_model=row.requested_model,
+                prompt=row.prompt,
+                duration=row.duration,
+                quality=row.quality,
+                aspect_ratio=row.aspect_ratio,
+                image_url=row.image_url,
+                seed=row.seed,
+                width=row.width,
+                height=row.height,
+                fps=row.fps,
+                frames=row.frames,
+                engine_state=row.engine_state,
+            )
+        self._changed(claimed.id)
+        return claimed
+
+    def heartbeat(self, task_id: str, lease_token: str, progress: int | None = None) -> bool:
+        """Extend the lease (and raise progress, never lower it). False: stop, the task is gone."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "lease_expires_at": now + self.settings.lease_seconds,
+            "updated_at": now,
+        }
+        if progress is not None:
+            bounded = max(0, min(99, progress))
+            values["progress"] = case((Task.progress < bounded, bounded), else_=Task.progress)
+        with self.db.write() as session:
+            result = session.execute(
+                update(Task)
+                .where(
+                    Task.id == task_id,
+                    Task.status == Status.PROCESSING,
+                    Task.lease_token == lease_token,
+                )
+                .values(**values)
+            )
+            alive = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if alive and progress is not None:
+            self._changed(task_id)
+        return alive
+
+    def save_engine_state(self, task_id: str, lease_token: str, state: dict[str, Any]) -> bool:
+        """Persist an engine's resume state (e.g. an upstream task id) under the lease."""
+        return self._update_leased(task_id, lease_token, engine_state=state)
+
+    def set_plan(self, task_id: str, lease_token: str, plan: VideoPlan) -> bool:
+        """Record the size and model an engine will really make (image-to-video, routes)."""
+        return self._update_leased(
+            task_id,
+            lease_token,
+            width=plan.width,
+            height=plan.height,
+            fps=plan.fps,
+            frames=plan.frames,
+            model=plan.model,
+        )
+
+    def _update_leased(self, task_id: str, lease_token: str, **values: Any) -> bool:
+        with self.db.write() as session:
+            result = session.execute(
+                update(Task)
+                .where(
+                    Task.id == task_id,
+                    Task.status == Status.PROCESSING,
+                    Task.lease_token == lease_token,
+                )
+                .values(updated_at=self.clock.now(), **values)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def complete(self, task_id: str, lease_token: str, outcome: Outcome) -> bool:
+        """A worker's final word on its task; ignored (False) if it lost the lease meanwhile."""
+        return self._finish(
+            task_id, outcome, from_statuses={Status.PROCESSING}, lease_token=lease_token
+        )
+
+    def release(self, task_id: str, lease_token: str) -> bool:
+        """Hand a task back to the queue (graceful shutdown): the attempt does not count."""
+        now = self.clock.now()
+        with self.db.write() as session:
+            result = session.execute(
+                update(Task)
+                .where(
+                    Task.id == task_id,
+                    Task.status == Status.PROCESSING,
+                    Task.lease_token == lease_token,
+                )
+                .values(
+                    status=Status.PENDING,
+                    attempts=Task.attempts - 1,
+                    worker_id=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+            released = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if released:
+            for hook in self.on_created:
+                hook(task_id)
+        return released
+
+    def reap_expired_leases(self) -> int:
+        """Re-queue tasks whose worker went silent; fail (and refund) them past max_attempts."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            stale = session.execute(
+                select(Task.id, Task.attempts, Task.lease_token).where(
+                    Task.status == Status.PROCESSING, Task.lease_expires_at < now
+                )
+            ).all()
+        handled = 0
+        for task_id, attempts, token in stale:
+            if attempts >= self.settings.max_attempts:
+                failed = Failed(
+                    "worker_lost",
+                    f"The task's worker stopped responding {attempts} times; giving up.",
+                )
+                if self._finish(
+                    task_id, failed, from_statuses={Status.PROCESSING}, lease_token=token
+                ):
+                    handled += 1
+                continue
+            with self.db.write() as session:
+                result = session.execute(
+                    update(Task)
+                    .where(
+                        Task.id == task_id,
+                        Task.status == Status.PROCESSING,
+                        Task.lease_token == token,
+                    )
+                    .values(
+                        status=Status.PENDING,
+                        worker_id=None,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                    )
+                )
+                requeued = result.rowcount == 1  # type: ignore[attr-defined]
+            if requeued:
+                handled += 1
+                log.warning("re-queued task %s after its worker went silent", task_id)
+                for hook in self.on_created:
+                    hook(task_id)
+        return handled
+
+    # ------------------------------------------------------------------ the one terminal path
+
+    def _finish(
+        self,
+        task_id: str,
+        outcome: Outcome,
+        *,
+        from_statuses: Collection[Status],
+        lease_token: str | None = None,
+    ) -> bool:
+        """Move a task to its terminal state with its ledger entry, atomically, at most once."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "finished_at": now,
+            "updated_at": now,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
+        if isinstance(outcome, Completed):
+            values.update(
+                progress=100,
+                result_file=outcome.result_file,
+                result_expires_at=now + self.settings.result_ttl_seconds,
+                model=outcome.model,
+                width=outcome.width,
+                height=outcome.height,
+                fps=outcome.fps,
+                frames=outcome.frames,
+                usage=outcome.usage or None,
+            )
+        elif isinstance(outcome, Failed):
+            values.update(error_code=outcome.code, error_message=outcome.message)
+        statement = update(Task).where(
+            Task.id == task_id, Task.status.in_([str(s) for s in from_statuses])
+        )
+        if lease_token is not None:
+            statement = statement.where(Task.lease_token == lease_token)
+        with self.db.write() as session:
+            row = session.execute(
+                statement.values(**values).returning(Task.api_key_id, Task.credits)
+            ).first()
+            if row is None:
+                return False
+            key_id, credits = row
+            if isinstance(outcome, Completed):
+                ledger.settle(session, key_id, task_id, credits, now)
+            else:
+                ledger.refund(session, key_id, task_id, credits, now)
+            self._after_finish(session, task_id, now)
+        log.info("task %s %s", task_id, outcome.status)
+        self._changed(task_id)
+        return True
+
+    def _after_finish(self, session: Session, task_id: str, now: float) -> None:
+        """Hook for work that must commit with the terminal change (the callback outbox)."""
+
+    def _changed(self, task_id: str) -> None:
+        for hook in self.on_changed:
+            try:
+                hook(task_id)
+            except Exception:  # a listener must never break the lifecycle
+                log.exception("task change listener failed")
+
+    def sweep_expired_results(self, delete: Callable[[str], None]) -> int:
+        """Delete result files past expiry; the task stays completed, its URL stops working."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            expired = session.execute(
+                select(Task.id, Task.result_file).where(
+                    Task.result_file.is_not(None), Task.result_expires_at < now
+                )
+            ).all()
+        for task_id, result_file in expired:
+            with self.db.write() as session:
+                session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.result_file == result_file)
+                    .values(result_file=None)
+                )
+            if result_file:
+                delete(result_file)
+        return len(expired)
+
+    # ------------------------------------------------------------------ audits
+
+    def ledger_audit(self, key_id: str) -> ledger.LedgerAudit:
+        with self.db.read() as session:
+            open_credits = session.execute(
+                select(func.coalesce(func.sum(Task.credits), 0)).where(
+                    Task.api_key_id == key_id,
+                    Task.status.in_([Status.PENDING, Status.PROCESSING]),
+                )
+            ).scalar_one()
+            return ledger.audit(session, key_id, int(open_credits))
+
+    def key_ids(self) -> list[str]:
+        with self.db.read() as session:
+            return list(session.execute(select(ApiKey.id)).scalars())

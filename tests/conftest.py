@@ -1,0 +1,141 @@
+"""Shared fixtures: a real opendance server on loopback (uvicorn in a thread) and its keys."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from opendance.app import Runtime, build_runtime, create_app
+from opendance.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    port = overrides.pop("port", None) or free_port()
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": "127.0.0.1",
+        "port": port,
+        "workers": 1,
+        "lease_seconds": 5.0,
+        "poll_interval_seconds": 0.05,
+        "first_key_credits": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class LiveServer:
+    """A running server: its base URL, its runtime (for white-box checks) and an HTTP client."""
+
+    base_url: str
+    runtime: Runtime
+    client: httpx.Client
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    def new_key(self, credits: int = 1000, group: str = "default") -> str:
+        return str(self.runtime.accounts.create_key(credits=credits, group=group).token)
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def create(self, token: str, **body: Any) -> httpx.Response:
+        payload = {"model": "doubao-seedance-1.0-pro-fast", "prompt": "a red fox in snow"}
+        payload.update(body)
+        return self.client.post("/v1/videos/generations", json=payload, headers=self.auth(token))
+
+    def get(self, token: str, task_id: str) -> httpx.Response:
+        return self.client.get(f"/v1/tasks/{task_id}", headers=self.auth(token))
+
+    def wait_for(
+        self,
+        token: str,
+        task_id: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Poll the task until `predicate(task)` holds (or fail at the deadline)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            task: dict[str, Any] = self.get(token, task_id).json()
+            if predicate(task):
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task never reached the expected state: {task}")
+            time.sleep(0.05)
+
+    def wait_done(self, token: str, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        return self.wait_for(
+            token,
+            task_id,
+            lambda t: t["status"] in ("completed", "failed", "cancelled"),
+            timeout,
+        )
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self.client.close()
+
+
+def start_server(settings: Settings) -> LiveServer:
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime=runtime)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    base_url = f"http://{settings.host}:{settings.port}"
+    return LiveServer(
+        base_url, runtime, httpx.Client(base_url=base_url, timeout=30), server, thread
+    )
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers with custom settings; all are stopped at the end of the test."""
+    started: list[LiveServer] = []
+
+    def factory(**overrides: Any) -> LiveServer:
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        live = start_server(make_settings(data_dir, **overrides))
+        started.append(live)
+        return live
+
+    yield factory
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+    return server_factory()
+
+
+@pytest.fixture
+def idle_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+    """A server with no workers: tasks stay pending."""
+    return server_factory(workers=0)
