@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opendance.engines.base import (
     EngineError,
@@ -27,6 +27,9 @@ from opendance.media.storage import ResultStore
 from opendance.settings import Settings
 from opendance.tasks.models import Cancelled, ClaimedTask, Completed, Failed
 from opendance.tasks.service import TaskService
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ class TaskRunner:
                 Failed("engine_error", "The engine failed unexpectedly; the task was refunded."),
             )
 
-    def _fetch_image(self, url: str) -> Any:
+    def _fetch_image(self, url: str) -> Image:
         from opendance.media.fetch import ImageFetchError, fetch_image
 
         try:
@@ -205,7 +208,7 @@ class TaskRunner:
                 url,
                 allow_loopback=self.settings.allow_loopback_for_tests,
                 extra_ca_file=self.settings.extra_ca_file,
-            )
+            ).image
         except ImageFetchError as error:
             raise EngineError(error.code, error.message) from error
 
