@@ -63,6 +63,8 @@ class VideoPlan:
     fps: int
     frames: int
     model: str
+    #: Image-to-video (engines may cost and estimate it differently).
+    has_image: bool = False
 
 
 @dataclass(frozen=True)

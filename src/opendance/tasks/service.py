@@ -13,13 +13,16 @@ import secrets
 import string
 import threading
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
+from opendance.callbacks import outbox
 from opendance.clock import Clock
 from opendance.engines.base import VideoPlan, VideoRequest
+from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.settings import Settings
 from opendance.store.db import Database
 from opendance.store.tables import ApiKey, Task
@@ -86,6 +89,7 @@ class TaskService:
         self.on_created: list[Callable[[str], None]] = []
         self.on_cancelled: list[Callable[[str], None]] = []
         self.on_changed: list[Callable[[str], None]] = []
+        self.on_finished: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ create and read
 
@@ -120,8 +124,12 @@ class TaskService:
             seed=request.seed,
             has_image=request.image_url is not None,
         )
-        # Image-to-video sizes depend on the image, known when the task starts.
-        plan = self.planner.plan(request.model, video_request, None)
+        # Image-to-video sizes depend on the image, known when the task starts; until then a
+        # same-quality 16:9 plan stands in for the estimate.
+        provisional = video_request
+        if request.aspect_ratio in IMAGE_ONLY_RATIOS:
+            provisional = replace(video_request, aspect_ratio="16:9")
+        plan = self.planner.plan(request.model, provisional, None)
         estimate = self.planner.estimate_seconds(request.model, plan)
         price = self.quote(key, request)
         now = self.clock.now()
@@ -505,22 +513,32 @@ class TaskService:
             statement = statement.where(Task.lease_token == lease_token)
         with self.db.write() as session:
             row = session.execute(
-                statement.values(**values).returning(Task.api_key_id, Task.credits)
+                statement.values(**values).returning(
+                    Task.api_key_id, Task.credits, Task.callback_url
+                )
             ).first()
             if row is None:
                 return False
-            key_id, credits = row
+            key_id, credits, callback_url = row
             if isinstance(outcome, Completed):
                 ledger.settle(session, key_id, task_id, credits, now)
             else:
                 ledger.refund(session, key_id, task_id, credits, now)
-            self._after_finish(session, task_id, now)
+            if callback_url:
+                # The outbox row commits with the terminal change and its ledger entry.
+                outbox.enqueue(
+                    session,
+                    task_id=task_id,
+                    api_key_id=key_id,
+                    url=callback_url,
+                    event=f"task.{outcome.status}",
+                    now=now,
+                )
         log.info("task %s %s", task_id, outcome.status)
+        for hook in self.on_finished:
+            hook(task_id)
         self._changed(task_id)
         return True
-
-    def _after_finish(self, session: Session, task_id: str, now: float) -> None:
-        """Hook for work that must commit with the terminal change (the callback outbox)."""
 
     def _changed(self, task_id: str) -> None:
         for hook in self.on_changed:
