@@ -94,8 +94,10 @@ class LiveServer:
         self.client.close()
 
 
-def start_server(settings: Settings) -> LiveServer:
+def start_server(settings: Settings, prepare: Callable[[Runtime], None] | None = None) -> LiveServer:
     runtime = build_runtime(settings)
+    if prepare is not None:
+        prepare(runtime)
     app = create_app(settings, runtime=runtime)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
@@ -121,7 +123,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
     def factory(**overrides: Any) -> LiveServer:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
-        live = start_server(make_settings(data_dir, **overrides))
+        prepare = overrides.pop("prepare", None)
+        live = start_server(make_settings(data_dir, **overrides), prepare)
         started.append(live)
         return live
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,12 +11,15 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from opendance import __version__
+from opendance.callbacks.deliver import CallbackSender
+from opendance.callbacks.outbox import Outbox
 from opendance.clock import Clock
 from opendance.dispatch.local import LocalDispatcher
 from opendance.dispatch.runner import TaskRunner
 from opendance.engines.registry import EngineRouter
-from opendance.faces import files, health, seed
+from opendance.faces import files, health, seed, webhooks
 from opendance.faces.errors import install_error_handlers
+from opendance.media.safe_http import Resolver
 from opendance.media.storage import ResultStore, load_or_create_secret
 from opendance.settings import Settings
 from opendance.store import migrate
@@ -39,8 +43,12 @@ class Runtime:
     router: EngineRouter
     results: ResultStore
     runner: TaskRunner
+    outbox: Outbox
+    sender: CallbackSender | None = None
     dispatcher: LocalDispatcher | None = None
     shutting_down: bool = False
+    #: Tests inject a resolver they control; production uses the system's.
+    callback_resolver: Resolver | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     def start_workers(self) -> None:
@@ -62,10 +70,25 @@ class Runtime:
         )
         self.dispatcher.start()
 
+    def start_callbacks(self) -> None:
+        def render(task_id: str) -> str | None:
+            view = self.service.get_task_unscoped(task_id)
+            if view is None:
+                return None
+            return json.dumps(seed.task_object(view, self.results), separators=(",", ":"))
+
+        self.sender = CallbackSender(
+            self.outbox, render, self.settings, self.clock, resolver=self.callback_resolver
+        )
+        self.service.on_finished.append(self.sender.notify)
+        self.sender.start()
+
     def close(self) -> None:
         self.shutting_down = True
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.sender is not None:
+            self.sender.stop()
         self.router.close()
         self.db.dispose()
 
@@ -94,6 +117,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         router=router,
         results=results,
         runner=runner,
+        outbox=Outbox(db),
     )
 
 
@@ -111,6 +135,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 "Never use this in production."
             )
         rt.start_workers()
+        rt.start_callbacks()
         try:
             yield
         finally:
@@ -127,6 +152,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.runtime = rt
     install_error_handlers(app)
     app.include_router(seed.router)
+    app.include_router(webhooks.router)
     app.include_router(files.router)
     app.include_router(health.router)
     return app

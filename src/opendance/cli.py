@@ -71,7 +71,7 @@ def serve(
                 f"It holds {settings.first_key_credits} credits. Try:\n\n"
                 f"  export OPENDANCE_KEY={created.token}\n"
                 f"  curl {settings.base_url}/v1/videos/generations \\\n"
-                f"    -H \"Authorization: Bearer $OPENDANCE_KEY\" \\\n"
+                f'    -H "Authorization: Bearer $OPENDANCE_KEY" \\\n'
                 f"    -H 'Content-Type: application/json' \\\n"
                 f'    -d \'{{"model": "{DEFAULT_MODEL}", "prompt": "A cat playing piano"}}\'',
                 title="opendance",

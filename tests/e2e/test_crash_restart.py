@@ -2,70 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import free_port
+from server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
-def opendance(*args: str, env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "opendance", *args], env=env, capture_output=True, text=True, **kw
-    )  # type: ignore[call-overload]
-
-
-def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = open(log, "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(
-        [sys.executable, "-m", "opendance", "serve"], env=env, stdout=handle, stderr=handle
-    )
-
-
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server exited"
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
-
-
 def test_sigkill_mid_run_then_restart_loses_no_task_and_no_credit(tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "OPENDANCE_DATA_DIR": str(tmp_path / "data"),
-        "OPENDANCE_PORT": str(port),
-        "OPENDANCE_WORKERS": "2",
-        "OPENDANCE_LEASE_SECONDS": "2",
-        "OPENDANCE_POLL_INTERVAL_SECONDS": "0.1",
-        "OPENDANCE_FIRST_KEY_CREDITS": "0",
-    }
-    created = opendance("keys", "create", "--credits", "1000", env=env, check=True)
-    token = re.search(r"od_[a-z0-9]{8}_[A-Za-z0-9]{38}", created.stdout)
-    assert token, created.stdout
-    headers = {"Authorization": f"Bearer {token.group(0)}"}
-
-    proc = start(env, tmp_path / "server.log")
+    server = ServerProcess(
+        tmp_path / "data", tmp_path / "server.log", workers="2", lease_seconds="2",
+        poll_interval_seconds="0.1",
+    )  # fmt: skip
+    base = server.base_url
+    headers = {"Authorization": f"Bearer {server.create_key(1000)}"}
+    server.start()
     try:
-        wait_healthy(base, proc)
         ids = []
         for index in range(20):
             body = {
@@ -86,16 +43,13 @@ def test_sigkill_mid_run_then_restart_loses_no_task_and_no_credit(tmp_path: Path
             if statuses["completed"] >= 2 and statuses["processing"] >= 1:
                 break
             time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        server.kill()
         assert statuses["pending"] + statuses["processing"] > 0, statuses
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        server.kill()
 
-    proc = start(env, tmp_path / "server.log")
+    server.start()
     try:
-        wait_healthy(base, proc)
         deadline = time.monotonic() + 240
         final: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -107,10 +61,9 @@ def test_sigkill_mid_run_then_restart_loses_no_task_and_no_credit(tmp_path: Path
             time.sleep(0.2)
         assert all(s in ("completed", "failed", "cancelled") for s in final.values()), final
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
 
-    check = opendance("ledger", "check", env=env)
+    check = server.cli("ledger", "check")
     assert check.returncode == 0, check.stdout + check.stderr
     db = sqlite3.connect(tmp_path / "data" / "opendance.db")
     for task_id in ids:

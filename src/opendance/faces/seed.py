@@ -19,6 +19,7 @@ from opendance.faces.auth import CurrentKey, authenticate_request, bearer_token
 from opendance.faces.errors import ApiError
 from opendance.media.addresses import check_url
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
+from opendance.media.storage import ResultStore
 from opendance.settings import DEFAULT_MODEL
 from opendance.tasks.models import CreateTask, TaskView
 from opendance.tasks.states import Status
@@ -164,9 +165,8 @@ def parse_create_request(raw: bytes, *, allow_loopback: bool) -> CreateTask:
     )
 
 
-def task_object(view: TaskView, request: Request) -> dict[str, Any]:
-    """The contract's task object for a task."""
-    runtime = request.app.state.runtime
+def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
+    """The contract's task object for a task (also the body of its callback)."""
     task_info: dict[str, Any] = {
         "can_cancel": view.can_cancel,
         "estimated_time": view.estimated_time,
@@ -194,10 +194,10 @@ def task_object(view: TaskView, request: Request) -> dict[str, Any]:
         },
     }
     if view.status == Status.COMPLETED:
-        results = []
+        urls = []
         if view.result_file and view.result_expires_at:
-            results.append(runtime.results.url(view.id, int(view.result_expires_at)))
-        body["results"] = results
+            urls.append(results.url(view.id, int(view.result_expires_at)))
+        body["results"] = urls
         if view.result_expires_at:
             body["expires_at"] = int(view.result_expires_at)
     if view.status == Status.FAILED:
@@ -248,15 +248,16 @@ async def create_video(request: Request) -> TaskObject:
         await request.body(), allow_loopback=runtime.settings.allow_loopback_for_tests
     )
     view = await run_in_threadpool(runtime.service.create_task, key, create)
-    return task_object(view, request)
+    return task_object(view, runtime.results)
 
 
 @router.get(
     "/v1/tasks/{task_id}", summary="Query a task", responses={404: {"description": "Unknown task"}}
 )
 def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
-    view = request.app.state.runtime.service.get_task(key.id, task_id)
-    return task_object(view, request)
+    runtime = request.app.state.runtime
+    view = runtime.service.get_task(key.id, task_id)
+    return task_object(view, runtime.results)
 
 
 @router.post(
@@ -265,8 +266,9 @@ def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     responses={404: {"description": "Unknown task"}, 409: {"description": "Task already finished"}},
 )
 def cancel_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
-    view = request.app.state.runtime.service.cancel_task(key.id, task_id)
-    return task_object(view, request)
+    runtime = request.app.state.runtime
+    view = runtime.service.cancel_task(key.id, task_id)
+    return task_object(view, runtime.results)
 
 
 @router.get("/v1/tasks", summary="List your tasks, newest first")
@@ -278,8 +280,9 @@ def list_tasks(
         str | None, Query(description="Id of the last task of the previous page")
     ] = None,
 ) -> dict[str, Any]:
-    views, has_more = request.app.state.runtime.service.list_tasks(key.id, limit=limit, after=after)
-    data = [task_object(view, request) for view in views]
+    runtime = request.app.state.runtime
+    views, has_more = runtime.service.list_tasks(key.id, limit=limit, after=after)
+    data = [task_object(view, runtime.results) for view in views]
     return {
         "object": "list",
         "data": data,

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -35,6 +36,11 @@ class ApiKey(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float)
+    # Standard Webhooks signing secrets (`whsec_...`); the previous one signs too for a while
+    # after a rotation, so receivers can switch without losing callbacks.
+    webhook_secret: Mapped[str | None] = mapped_column(String(80))
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(80))
+    webhook_secret_rotated_at: Mapped[float | None] = mapped_column(Float)
 
 
 class LedgerEntry(Base):
@@ -107,3 +113,41 @@ class Task(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CallbackDelivery(Base):
+    """One callback to send (the outbox row), written in the transaction that ends the task.
+
+    `id` is the Standard Webhooks `webhook-id`: stable across the delivery's retries.
+    """
+
+    __tablename__ = "callback_deliveries"
+    __table_args__ = (Index("ix_callback_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), unique=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)
+    claim_token: Mapped[str | None] = mapped_column(String(40))
+    claimed_until: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class CallbackAttempt(Base):
+    """One HTTP attempt of a delivery: when, how long, and what came back."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("callback_deliveries.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(300))
+    succeeded: Mapped[bool] = mapped_column(Boolean)

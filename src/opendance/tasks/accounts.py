@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
+from opendance.callbacks import signing
 from opendance.clock import Clock
 from opendance.store.db import Database
 from opendance.store.tables import ApiKey
@@ -53,6 +54,7 @@ class Accounts:
                     user_group=group,
                     balance=0,
                     created_at=now,
+                    webhook_secret=signing.new_secret(),
                 )
             )
             session.flush()
@@ -100,6 +102,35 @@ class Accounts:
             if result.rowcount == 0 and session.get(ApiKey, key_id) is None:  # type: ignore[attr-defined]
                 raise KeyNotFound(f"No API key with id {key_id}.")
         return self.get(key_id)
+
+    def webhook_secret(self, key_id: str) -> tuple[str, str | None]:
+        """The key's current signing secret (made on first use) and the previous one in grace."""
+        with self.db.write() as session:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise KeyNotFound(f"No API key with id {key_id}.")
+            if row.webhook_secret is None:
+                row.webhook_secret = signing.new_secret()
+            previous = None
+            if (
+                row.webhook_secret_previous
+                and row.webhook_secret_rotated_at is not None
+                and self.clock.now() - row.webhook_secret_rotated_at
+                < signing.ROTATION_GRACE_SECONDS
+            ):
+                previous = row.webhook_secret_previous
+            return row.webhook_secret, previous
+
+    def rotate_webhook_secret(self, key_id: str) -> str:
+        """A new signing secret; the old one keeps signing for the grace period."""
+        with self.db.write() as session:
+            row = session.get(ApiKey, key_id)
+            if row is None:
+                raise KeyNotFound(f"No API key with id {key_id}.")
+            row.webhook_secret_previous = row.webhook_secret
+            row.webhook_secret_rotated_at = self.clock.now()
+            row.webhook_secret = signing.new_secret()
+            return row.webhook_secret
 
     def grant(self, key_id: str, credits: int, note: str | None = None) -> int:
         with self.db.write() as session:

@@ -1,0 +1,1 @@
+"""Callbacks: the durable outbox, Standard Webhooks signing, and SSRF-safe delivery."""
