@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     routes: dict[str, Route] = Field(default_factory=_default_routes)
     prices: dict[str, dict[str, Decimal]] = Field(default_factory=_default_prices)
     group_price_multipliers: dict[str, Decimal] = Field(default_factory=dict)
+    image_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    image_max_pixels: int = Field(default=36_000_000, ge=1)
+    image_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    image_total_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Deadline for a whole image download."
+    )
     # Test and local-development only: lets callbacks and image URLs reach loopback.
     allow_loopback_for_tests: bool = False
     extra_ca_file: Path | None = None

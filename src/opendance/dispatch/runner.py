@@ -206,6 +206,10 @@ class TaskRunner:
         try:
             return fetch_image(
                 url,
+                max_bytes=self.settings.image_max_bytes,
+                max_pixels=self.settings.image_max_pixels,
+                connect_timeout=self.settings.image_connect_timeout_seconds,
+                total_timeout=self.settings.image_total_timeout_seconds,
                 allow_loopback=self.settings.allow_loopback_for_tests,
                 extra_ca_file=self.settings.extra_ca_file,
             ).image
