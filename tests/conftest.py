@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Set to a PostgreSQL URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) to run the
+#: suite on PostgreSQL: every server or runtime then gets a fresh database of its own.
+TEST_DATABASE_URL = os.environ.get("OPENDANCE_TEST_DATABASE_URL", "")
+_created_databases: list[str] = []
+
+
+def fresh_database_url() -> str | None:
+    """A new, empty PostgreSQL database when the suite runs on PostgreSQL; None on SQLite."""
+    if not TEST_DATABASE_URL:
+        return None
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(TEST_DATABASE_URL)
+    name = f"od_test_{uuid.uuid4().hex[:12]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    _created_databases.append(name)
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    if not _created_databases:
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(TEST_DATABASE_URL).set(drivername="postgresql")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        for name in _created_databases:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     port = overrides.pop("port", None) or free_port()
     values: dict[str, Any] = {
@@ -35,6 +73,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "poll_interval_seconds": 0.05,
         "first_key_credits": 0,
     }
+    if "database_url" not in overrides:
+        values["database_url"] = fresh_database_url()
     values.update(overrides)
     return Settings(**values)
 
@@ -94,7 +134,9 @@ class LiveServer:
         self.client.close()
 
 
-def start_server(settings: Settings, prepare: Callable[[Runtime], None] | None = None) -> LiveServer:
+def start_server(
+    settings: Settings, prepare: Callable[[Runtime], None] | None = None
+) -> LiveServer:
     runtime = build_runtime(settings)
     if prepare is not None:
         prepare(runtime)

@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
-from conftest import make_settings
+from conftest import fresh_database_url, make_settings
 from opendance.store.db import Database
 from opendance.store.migrate import upgrade
 from opendance.store.tables import ApiKey, Base
@@ -56,10 +56,11 @@ def test_prices_round_up_and_follow_groups(tmp_path: Path) -> None:
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+    url = fresh_database_url() or f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
     upgrade(url)  # idempotent
     engine = create_engine(url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
     assert diff == []

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
-from conftest import free_port
+from conftest import free_port, fresh_database_url
 
 
 class ServerProcess:
@@ -21,14 +22,25 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.database_url = fresh_database_url() or f"sqlite:///{data_dir / 'opendance.db'}"
         self.env = {
             **os.environ,
             "OPENDANCE_DATA_DIR": str(data_dir),
             "OPENDANCE_PORT": str(self.port),
             "OPENDANCE_FIRST_KEY_CREDITS": "0",
+            "OPENDANCE_DATABASE_URL": self.database_url,
             **{f"OPENDANCE_{name.upper()}": value for name, value in settings.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def sql(self, query: str, **params: object) -> list[tuple[object, ...]]:
+        """Read the server's database directly (white-box checks)."""
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(query), params)]
+        finally:
+            engine.dispose()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

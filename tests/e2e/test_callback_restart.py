@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -62,5 +61,4 @@ def test_callback_attempts_survive_sigkill(tmp_path: Path) -> None:
     finally:
         server.stop()
         receiver.close()
-    db = sqlite3.connect(tmp_path / "data" / "opendance.db")
-    assert db.execute("SELECT COUNT(*) FROM callback_attempts").fetchone()[0] == 3
+    assert server.sql("SELECT COUNT(*) FROM callback_attempts")[0][0] == 3

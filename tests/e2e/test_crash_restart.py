@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -65,18 +64,17 @@ def test_sigkill_mid_run_then_restart_loses_no_task_and_no_credit(tmp_path: Path
 
     check = server.cli("ledger", "check")
     assert check.returncode == 0, check.stdout + check.stderr
-    db = sqlite3.connect(tmp_path / "data" / "opendance.db")
     for task_id in ids:
         kinds = Counter(
             row[0]
-            for row in db.execute("SELECT kind FROM ledger_entries WHERE task_id=?", (task_id,))
+            for row in server.sql("SELECT kind FROM ledger_entries WHERE task_id = :t", t=task_id)
         )
-        status = db.execute("SELECT status FROM tasks WHERE id=?", (task_id,)).fetchone()[0]
+        status = server.sql("SELECT status FROM tasks WHERE id = :t", t=task_id)[0][0]
         assert kinds["reserve"] == 1
         assert kinds["settle"] + kinds["refund"] == 1, (task_id, kinds)
         assert (kinds["settle"] == 1) == (status == "completed")
-    settled = db.execute(
-        "SELECT COALESCE(SUM(amount),0) FROM ledger_entries WHERE kind='settle'"
-    ).fetchone()[0]
-    balance = db.execute("SELECT balance FROM api_keys").fetchone()[0]
-    assert balance == 1000 - settled
+    settled = server.sql(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE kind = 'settle'"
+    )
+    balance = server.sql("SELECT balance FROM api_keys")
+    assert balance[0][0] == 1000 - settled[0][0]
