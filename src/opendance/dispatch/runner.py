@@ -27,6 +27,7 @@ from opendance.media.storage import ResultStore
 from opendance.settings import Settings
 from opendance.tasks.models import Cancelled, ClaimedTask, Completed, Failed
 from opendance.tasks.service import TaskService
+from opendance.tasks.states import Status
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -45,6 +46,8 @@ class WorkerContext:
         self._claimed = claimed
         self._work_dir = work_dir
         self._cancelled = threading.Event()
+        self._lease_lost = False
+        self.handing_back = False
         self._last_percent = -1
         self._last_report = 0.0
         self._state = claimed.engine_state
@@ -63,8 +66,8 @@ class WorkerContext:
 
     def save_state(self, state: dict[str, Any]) -> None:
         if not self._service.save_engine_state(self.task_id, self._claimed.lease_token, state):
-            self._cancelled.set()
-            raise TaskCancelled(self.task_id)
+            self.lost()
+            self.check_cancel()
         self._state = state
 
     def report_progress(self, fraction: float) -> None:
@@ -74,18 +77,30 @@ class WorkerContext:
             self._last_percent = percent
             self._last_report = now
             if not self._service.heartbeat(self.task_id, self._claimed.lease_token, percent):
-                self._cancelled.set()
+                self.lost()
         self.check_cancel()
 
     def check_cancel(self) -> None:
         if self._cancelled.is_set():
-            raise TaskCancelled(self.task_id)
+            raise TaskCancelled(self.task_id, lease_lost=self._lease_lost or self.handing_back)
+
+    def lost(self) -> None:
+        """The lease is gone: the task was cancelled, or it went back to the queue."""
+        view = self._service.get_task_unscoped(self.task_id)
+        if view is None or view.status != Status.CANCELLED:
+            self._lease_lost = True
+        self._cancelled.set()
 
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
         """Called when this process learns of a cancel (or a lost lease)."""
+        self._cancelled.set()
+
+    def hand_back(self) -> None:
+        """Stop at the next safe point and give the task back to the queue (shutdown)."""
+        self.handing_back = True
         self._cancelled.set()
 
 
@@ -117,6 +132,13 @@ class TaskRunner:
         with self._lock:
             return list(self._active)
 
+    def hand_back_all(self) -> None:
+        """Shutdown past its grace period: running tasks stop and go back to the queue."""
+        with self._lock:
+            contexts = list(self._active.values())
+        for ctx in contexts:
+            ctx.hand_back()
+
     def run(self, claimed: ClaimedTask) -> None:
         work_dir = self.settings.work_dir / f"{claimed.id}-{claimed.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +163,7 @@ class TaskRunner:
         interval = max(0.05, self.settings.lease_seconds / 3)
         while not stop.wait(interval):
             if not self.service.heartbeat(claimed.id, claimed.lease_token):
-                ctx.cancel()
+                ctx.lost()
                 return
 
     def _run(self, claimed: ClaimedTask, ctx: WorkerContext) -> None:
@@ -187,8 +209,12 @@ class TaskRunner:
             result = engine.generate(job, ctx)
             self._deliver(claimed, result)
         except TaskCancelled:
-            log.info("task %s stopped (cancelled or lease lost)", claimed.id)
-            self.service.complete(claimed.id, token, Cancelled())
+            if ctx.handing_back:
+                log.info("task %s handed back to the queue", claimed.id)
+                self.service.release(claimed.id, token)
+            else:
+                log.info("task %s stopped (cancelled or lease lost)", claimed.id)
+                self.service.complete(claimed.id, token, Cancelled())
         except EngineError as error:
             log.info("task %s failed: %s %s", claimed.id, error.code, error.message)
             self.service.complete(claimed.id, token, Failed(error.code, error.message))

@@ -18,10 +18,16 @@ if TYPE_CHECKING:
 
 
 class TaskCancelled(Exception):
-    """Raised inside an engine (by the context) when the task was cancelled or its lease lost.
+    """Raised inside an engine (by the context) when the task must stop now.
 
-    Engines must let it propagate: the worker turns it into the cancelled outcome.
+    Engines must let it propagate. `lease_lost` tells a real cancel (the user cancelled: stop
+    and clean up, e.g. cancel an upstream task) from losing the task to another attempt or
+    handing it back at shutdown (stop, but leave resumable work alone).
     """
+
+    def __init__(self, *args: object, lease_lost: bool = False) -> None:
+        super().__init__(*args)
+        self.lease_lost = lease_lost
 
 
 class EngineError(Exception):
