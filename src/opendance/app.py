@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -15,9 +16,11 @@ from opendance.callbacks.deliver import CallbackSender
 from opendance.callbacks.outbox import Outbox
 from opendance.clock import Clock
 from opendance.dispatch.local import LocalDispatcher
+from opendance.dispatch.maintenance import Maintenance
+from opendance.dispatch.registry import WorkerRegistry
 from opendance.dispatch.runner import TaskRunner
 from opendance.engines.registry import EngineRouter
-from opendance.faces import files, health, seed, webhooks
+from opendance.faces import ark, files, health, openai, seed, webhooks
 from opendance.faces.errors import install_error_handlers
 from opendance.media.safe_http import Resolver
 from opendance.media.storage import ResultStore, load_or_create_secret
@@ -27,6 +30,9 @@ from opendance.store.db import Database
 from opendance.tasks.accounts import Accounts
 from opendance.tasks.pricing import PriceTable
 from opendance.tasks.service import TaskService
+
+if TYPE_CHECKING:
+    from opendance.dispatch.distributed import JobDeferrer
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +50,59 @@ class Runtime:
     results: ResultStore
     runner: TaskRunner
     outbox: Outbox
+    registry: WorkerRegistry
     sender: CallbackSender | None = None
     dispatcher: LocalDispatcher | None = None
+    deferrer: JobDeferrer | None = None
+    maintenance: Maintenance | None = None
     shutting_down: bool = False
     #: Tests inject a resolver they control; production uses the system's.
     callback_resolver: Resolver | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
-    def start_workers(self) -> None:
-        if self.settings.workers <= 0:
-            return
-        self.dispatcher = LocalDispatcher(
-            self.service,
-            self.runner,
-            workers=self.settings.workers,
-            models=self.router.models(),
-            poll_interval=self.settings.poll_interval_seconds,
-            periodic=[
-                (max(0.2, self.settings.lease_seconds / 2), self.service.reap_expired_leases),
+    def start_background(
+        self,
+        *,
+        local_workers: int,
+        models: list[str] | None = None,
+        extra_jobs: list[tuple[float, Callable[[], object]]] | None = None,
+    ) -> None:
+        """Start what this process runs besides HTTP: maintenance, job offers, local workers."""
+        settings = self.settings
+        jobs: list[tuple[float, Callable[[], object]]] = [
+            (max(0.2, settings.lease_seconds / 2), self.service.reap_expired_leases),
+            (
+                settings.sweep_interval_seconds,
+                lambda: self.service.sweep_expired_results(self.results.delete),
+            ),
+            (60.0, self.registry.prune),
+            *(extra_jobs or []),
+        ]
+        if settings.dispatch == "procrastinate":
+            from opendance.dispatch.distributed import JobDeferrer
+
+            self.deferrer = JobDeferrer(self.service, settings.db_url)
+            self.deferrer.start()
+            jobs.append((5.0, self.deferrer.redefer_pending))
+        elif local_workers > 0:
+            served = models or self.router.models()
+            self.dispatcher = LocalDispatcher(
+                self.service,
+                self.runner,
+                workers=local_workers,
+                models=served,
+                poll_interval=settings.poll_interval_seconds,
+            )
+            self.dispatcher.start()
+            worker_id = self.dispatcher.worker_id
+            jobs.append(
                 (
-                    self.settings.sweep_interval_seconds,
-                    lambda: self.service.sweep_expired_results(self.results.delete),
-                ),
-            ],
-        )
-        self.dispatcher.start()
+                    max(0.2, settings.lease_seconds / 3),
+                    lambda: self.registry.beat(worker_id, served, local_workers),
+                )
+            )
+        self.maintenance = Maintenance(jobs)
+        self.maintenance.start()
 
     def start_callbacks(self) -> None:
         def render(task_id: str) -> str | None:
@@ -86,7 +120,12 @@ class Runtime:
     def close(self) -> None:
         self.shutting_down = True
         if self.dispatcher is not None:
-            self.dispatcher.stop()
+            self.dispatcher.stop(timeout=self.settings.shutdown_grace_seconds)
+            self.registry.leave(self.dispatcher.worker_id)
+        if self.maintenance is not None:
+            self.maintenance.stop()
+        if self.deferrer is not None:
+            self.deferrer.stop()
         if self.sender is not None:
             self.sender.stop()
         self.router.close()
@@ -108,6 +147,12 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
     results = ResultStore(settings.results_dir, secret, settings.base_url)
     runner = TaskRunner(service, router, results, settings)
+    registry = WorkerRegistry(db, clock, stale_after=max(5.0, settings.lease_seconds))
+    service.lanes_for = registry.lanes
+    if settings.dispatch == "procrastinate":
+        from opendance.dispatch.distributed import ensure_schema
+
+        ensure_schema(db)
     return Runtime(
         settings=settings,
         clock=clock,
@@ -118,6 +163,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         results=results,
         runner=runner,
         outbox=Outbox(db),
+        registry=registry,
     )
 
 
@@ -134,7 +180,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 "allow_loopback_for_tests is ON: callbacks and image URLs may reach loopback. "
                 "Never use this in production."
             )
-        rt.start_workers()
+        rt.start_background(local_workers=settings.workers)
         rt.start_callbacks()
         try:
             yield
@@ -155,4 +201,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(webhooks.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(openai.router)
+    app.include_router(ark.router)
     return app

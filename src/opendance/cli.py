@@ -59,6 +59,8 @@ def serve(
 
     settings = _settings(config, host=host, port=port, workers=0 if no_workers else workers)
     _setup_logging(settings.log_level)
+    if settings.dispatch == "procrastinate" and settings.workers:
+        console.print("dispatch is procrastinate: tasks run on `opendance worker` processes")
     runtime = build_runtime(settings)
     if runtime.accounts.count() == 0:
         created = runtime.accounts.create_key(
@@ -88,6 +90,76 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command()
+def worker(
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model names to serve (default: all routed).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks run at once.")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Run tasks on this machine's engines (for GPU hosts; the API runs elsewhere)."""
+    import asyncio
+    import signal
+    import threading
+
+    from opendance.app import build_runtime
+    from opendance.dispatch.local import new_worker_id
+
+    settings = _settings(config)
+    _setup_logging(settings.log_level)
+    runtime = build_runtime(settings)
+    served = (
+        [m.strip() for m in models.split(",") if m.strip()] if models else runtime.router.models()
+    )
+    unknown = [m for m in served if not runtime.router.has_model(m)]
+    if unknown:
+        console.print(f"[red]not routed here:[/red] {', '.join(unknown)}")
+        raise typer.Exit(2)
+    console.print(
+        f"opendance worker: models {', '.join(served)}, concurrency {concurrency}, "
+        f"dispatch {settings.dispatch}"
+    )
+    runtime.start_callbacks()
+    if settings.dispatch == "local":
+        runtime.start_background(local_workers=concurrency, models=served)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+        console.print("stopping: running tasks finish (or are handed back)")
+        runtime.close()
+        return
+
+    from opendance.dispatch.distributed import ProcrastinateWorker
+
+    worker_id = new_worker_id()
+    runtime.start_background(
+        local_workers=0,
+        extra_jobs=[
+            (
+                max(0.2, settings.lease_seconds / 3),
+                lambda: runtime.registry.beat(worker_id, served, concurrency),
+            )
+        ],
+    )
+    try:
+        asyncio.run(
+            ProcrastinateWorker(
+                runtime.service,
+                runtime.runner,
+                settings.db_url,
+                worker_id=worker_id,
+                models=served,
+                concurrency=concurrency,
+                shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            ).run()
+        )
+    finally:
+        runtime.registry.leave(worker_id)
+        runtime.close()
 
 
 @app.command()

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         default=None, description="Absolute base for result URLs; default http://host:port."
     )
     workers: int = Field(default=2, ge=0, description="In-process worker threads (0: none).")
+    dispatch: Literal["local", "procrastinate"] = Field(
+        default="local",
+        description="local: worker threads claim from the database. procrastinate: API "
+        "processes defer jobs, `opendance worker` processes run them (PostgreSQL only).",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=600.0, ge=0, description="On SIGTERM, how long running tasks may finish."
+    )
     result_ttl_seconds: int = Field(default=86400, ge=60)
     url_signing_secret: SecretStr | None = Field(
         default=None, description="HMAC key for result URLs; default: generated in data_dir."

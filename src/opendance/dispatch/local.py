@@ -3,7 +3,7 @@
 The database is the source of truth: a worker claims the oldest pending task with a
 conditional update (and a lease), so several processes on one SQLite file never run a task
 twice. Creates wake an idle worker at once; a short poll covers tasks made by other processes.
-A maintenance thread re-queues tasks whose worker died and sweeps expired result files.
+(Lease reaping and result sweeping run in `dispatch.maintenance`, in every process.)
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 from opendance.dispatch.runner import TaskRunner
 from opendance.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    """host:pid:random, unique per process start (the lease owner shown in logs)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class LocalDispatcher:
@@ -31,15 +35,13 @@ class LocalDispatcher:
         workers: int,
         models: list[str],
         poll_interval: float,
-        periodic: list[tuple[float, Callable[[], object]]] | None = None,
     ) -> None:
         self.service = service
         self.runner = runner
         self.workers = workers
         self.models = models
         self.poll_interval = poll_interval
-        self.periodic = periodic or []
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = new_worker_id()
         self._wake = threading.Condition()
         self._pending_wakeups = 0
         self._stopping = threading.Event()
@@ -47,18 +49,12 @@ class LocalDispatcher:
         service.on_created.append(self.notify)
 
     def start(self) -> None:
-        self.service.reap_expired_leases()
         for index in range(self.workers):
             thread = threading.Thread(
                 target=self._work, name=f"opendance-worker-{index}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
-        maintenance = threading.Thread(
-            target=self._maintain, name="opendance-maintenance", daemon=True
-        )
-        maintenance.start()
-        self._threads.append(maintenance)
         log.info("dispatcher %s started with %d worker(s)", self.worker_id, self.workers)
 
     def notify(self, _task_id: str = "") -> None:
@@ -75,8 +71,13 @@ class LocalDispatcher:
         self._stopping.set()
         with self._wake:
             self._wake.notify_all()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout=timeout)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            self.runner.hand_back_all()
+            for thread in self._threads:
+                thread.join(timeout=10)
         self._threads.clear()
 
     def _work(self) -> None:
@@ -93,20 +94,3 @@ class LocalDispatcher:
                     self._pending_wakeups = max(0, self._pending_wakeups - 1)
                 continue
             self.runner.run(claimed)
-
-    def _maintain(self) -> None:
-        """Run each periodic job (lease reaper, result sweeper) at its own interval."""
-        if not self.periodic:
-            return
-        due = [time.monotonic() + interval for interval, _ in self.periodic]
-        tick = min(interval for interval, _ in self.periodic)
-        while not self._stopping.wait(min(tick, 1.0)):
-            now = time.monotonic()
-            for index, (interval, job) in enumerate(self.periodic):
-                if now < due[index]:
-                    continue
-                due[index] = now + interval
-                try:
-                    job()
-                except Exception:
-                    log.exception("periodic job %s failed", getattr(job, "__name__", job))

@@ -151,3 +151,18 @@ class CallbackAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(String(300))
     succeeded: Mapped[bool] = mapped_column(Boolean)
+
+
+class Worker(Base):
+    """A worker process: which models it serves, how many tasks at once, when it last spoke.
+
+    The estimate of a pending task divides the work queued ahead by the live lanes of its model.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    models: Mapped[list[str]] = mapped_column(JSON)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float, index=True)

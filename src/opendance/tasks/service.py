@@ -90,6 +90,9 @@ class TaskService:
         self.on_cancelled: list[Callable[[str], None]] = []
         self.on_changed: list[Callable[[str], None]] = []
         self.on_finished: list[Callable[[str], None]] = []
+        #: Live lanes per model (the worker registry); the planner's figure when unset or 0.
+        self.lanes_for: Callable[[str], int] | None = None
+        self._speed_cache: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ create and read
 
@@ -170,8 +173,7 @@ class TaskService:
                     attempts=0,
                 )
             )
-        for hook in self.on_created:
-            hook(task_id)
+        self._notify(self.on_created, task_id)
         return self.get_task(key.id, task_id)
 
     def get_task(self, key_id: str, task_id: str) -> TaskView:
@@ -262,8 +264,40 @@ class TaskService:
                 func.coalesce(func.sum(Task.estimated_seconds * (100 - Task.progress) / 100.0), 0.0)
             ).where(Task.status == Status.PROCESSING, Task.requested_model == row.requested_model)
         ).scalar_one()
-        lanes = max(1, self.planner.concurrency(row.requested_model))
-        return max(1, math.ceil((float(ahead) + float(running)) / lanes + own))
+        lanes = (self.lanes_for(row.requested_model) if self.lanes_for else 0) or (
+            self.planner.concurrency(row.requested_model)
+        )
+        factor = self._speed_factor(session, row.requested_model)
+        queued = (float(ahead) + float(running)) / max(1, lanes)
+        return max(1, math.ceil((queued + own) * factor))
+
+    def _speed_factor(self, session: Session, model: str) -> float:
+        """Measured run time over estimated run time for the model's recent tasks (median).
+
+        Corrects every engine estimate with what this deployment's workers really achieve.
+        """
+        now = self.clock.now()
+        cached = self._speed_cache.get(model)
+        if cached is not None and now - cached[0] < 10:
+            return cached[1]
+        rows = session.execute(
+            select(Task.started_at, Task.finished_at, Task.estimated_seconds)
+            .where(
+                Task.requested_model == model,
+                Task.status == Status.COMPLETED,
+                Task.attempts == 1,
+            )
+            .order_by(Task.created_seq.desc())
+            .limit(20)
+        ).all()
+        ratios = sorted(
+            (finished - started) / estimate
+            for started, finished, estimate in rows
+            if started is not None and finished is not None and estimate > 0
+        )
+        factor = min(20.0, max(0.2, ratios[len(ratios) // 2])) if len(ratios) >= 3 else 1.0
+        self._speed_cache[model] = (now, factor)
+        return factor
 
     # ------------------------------------------------------------------ cancel
 
@@ -282,8 +316,7 @@ class TaskService:
                     f"Task '{task_id}' is already {view.status} and cannot be cancelled.",
                     param="task_id",
                 )
-        for hook in self.on_cancelled:
-            hook(task_id)
+        self._notify(self.on_cancelled, task_id)
         return self.get_task(key_id, task_id)
 
     # ------------------------------------------------------------------ worker side
@@ -292,7 +325,6 @@ class TaskService:
         """Take the oldest pending task of the given models, with a fresh lease."""
         if not models:
             return None
-        now = self.clock.now()
         with self.db.write() as session:
             candidate = (
                 select(Task.id)
@@ -303,44 +335,66 @@ class TaskService:
             if not self.db.is_sqlite:
                 candidate = candidate.with_for_update(skip_locked=True)
             task_id = session.execute(candidate).scalar_one_or_none()
-            if task_id is None:
-                return None
-            token = secrets.token_hex(16)
-            row = session.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.status == Status.PENDING)
-                .values(
-                    status=Status.PROCESSING,
-                    attempts=Task.attempts + 1,
-                    worker_id=worker_id,
-                    lease_token=token,
-                    lease_expires_at=now + self.settings.lease_seconds,
-                    started_at=func.coalesce(Task.started_at, now),
-                    updated_at=now,
-                )
-                .returning(Task)
-            ).scalar_one_or_none()
-            if row is None:
-                return None
-            claimed = ClaimedTask(
-                id=row.id,
-                lease_token=token,
-                attempt=row.attempts,
-                requested_model=row.requested_model,
-                prompt=row.prompt,
-                duration=row.duration,
-                quality=row.quality,
-                aspect_ratio=row.aspect_ratio,
-                image_url=row.image_url,
-                seed=row.seed,
-                width=row.width,
-                height=row.height,
-                fps=row.fps,
-                frames=row.frames,
-                engine_state=row.engine_state,
-            )
-        self._changed(claimed.id)
+            claimed = None if task_id is None else self._claim(session, task_id, worker_id)
+        if claimed is not None:
+            self._changed(claimed.id)
         return claimed
+
+    def claim_task(self, task_id: str, worker_id: str) -> ClaimedTask | None:
+        """Take one given task if it is still pending (a queue engine delivered its job)."""
+        with self.db.write() as session:
+            claimed = self._claim(session, task_id, worker_id)
+        if claimed is not None:
+            self._changed(claimed.id)
+        return claimed
+
+    def _claim(self, session: Session, task_id: str, worker_id: str) -> ClaimedTask | None:
+        now = self.clock.now()
+        token = secrets.token_hex(16)
+        row = session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == Status.PENDING)
+            .values(
+                status=Status.PROCESSING,
+                attempts=Task.attempts + 1,
+                worker_id=worker_id,
+                lease_token=token,
+                lease_expires_at=now + self.settings.lease_seconds,
+                started_at=func.coalesce(Task.started_at, now),
+                updated_at=now,
+            )
+            .returning(Task)
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        return ClaimedTask(
+            id=row.id,
+            lease_token=token,
+            attempt=row.attempts,
+            requested_model=row.requested_model,
+            prompt=row.prompt,
+            duration=row.duration,
+            quality=row.quality,
+            aspect_ratio=row.aspect_ratio,
+            image_url=row.image_url,
+            seed=row.seed,
+            width=row.width,
+            height=row.height,
+            fps=row.fps,
+            frames=row.frames,
+            engine_state=row.engine_state,
+        )
+
+    def pending_task_ids(self, limit: int = 1000) -> list[tuple[str, str]]:
+        """(task id, model) of pending tasks, oldest first (for re-enqueueing)."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Task.id, Task.requested_model)
+                .where(Task.status == Status.PENDING)
+                .order_by(Task.created_seq)
+                .limit(limit)
+            ).all()
+            return [(row[0], row[1]) for row in rows]
 
     def heartbeat(self, task_id: str, lease_token: str, progress: int | None = None) -> bool:
         """Extend the lease (and raise progress, never lower it). False: stop, the task is gone."""
@@ -424,8 +478,7 @@ class TaskService:
             )
             released = bool(result.rowcount == 1)  # type: ignore[attr-defined]
         if released:
-            for hook in self.on_created:
-                hook(task_id)
+            self._notify(self.on_created, task_id)
         return released
 
     def reap_expired_leases(self) -> int:
@@ -469,8 +522,7 @@ class TaskService:
             if requeued:
                 handled += 1
                 log.warning("re-queued task %s after its worker went silent", task_id)
-                for hook in self.on_created:
-                    hook(task_id)
+                self._notify(self.on_created, task_id)
         return handled
 
     # ------------------------------------------------------------------ the one terminal path
@@ -535,17 +587,21 @@ class TaskService:
                     now=now,
                 )
         log.info("task %s %s", task_id, outcome.status)
-        for hook in self.on_finished:
-            hook(task_id)
+        self._notify(self.on_finished, task_id)
         self._changed(task_id)
         return True
 
     def _changed(self, task_id: str) -> None:
-        for hook in self.on_changed:
+        self._notify(self.on_changed, task_id)
+
+    @staticmethod
+    def _notify(hooks: list[Callable[[str], None]], task_id: str) -> None:
+        """Tell listeners after the commit; a failing listener never undoes or breaks it."""
+        for hook in hooks:
             try:
                 hook(task_id)
-            except Exception:  # a listener must never break the lifecycle
-                log.exception("task change listener failed")
+            except Exception:
+                log.exception("task listener %r failed for %s", hook, task_id)
 
     def sweep_expired_results(self, delete: Callable[[str], None]) -> int:
         """Delete result files past expiry; the task stays completed, its URL stops working."""
@@ -582,3 +638,77 @@ class TaskService:
     def key_ids(self) -> list[str]:
         with self.db.read() as session:
             return list(session.execute(select(ApiKey.id)).scalars())
+
+    # ------------------------------------------------------------------ for the other faces
+
+    def page_tasks(
+        self,
+        key_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 20,
+        statuses: Collection[Status] | None = None,
+        task_ids: Collection[str] | None = None,
+        models: Collection[str] | None = None,
+    ) -> tuple[list[TaskView], int]:
+        """A page of a key's tasks, newest first, filtered; and how many match in all.
+
+        For faces with numbered pages and filters (Ark). `models` matches the requested model
+        name or the model that ran the task.
+        """
+        from sqlalchemy import or_
+
+        conditions = [Task.api_key_id == key_id]
+        if statuses:
+            conditions.append(Task.status.in_([str(s) for s in statuses]))
+        if task_ids:
+            conditions.append(Task.id.in_(list(task_ids)))
+        if models:
+            names = list(models)
+            conditions.append(or_(Task.requested_model.in_(names), Task.model.in_(names)))
+        with self.db.read() as session:
+            total = session.execute(
+                select(func.count()).select_from(Task).where(*conditions)
+            ).scalar_one()
+            rows = (
+                session.execute(
+                    select(Task)
+                    .where(*conditions)
+                    .order_by(Task.created_seq.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            return [self._view(session, row) for row in rows], int(total)
+
+    def delete_result(self, key_id: str, task_id: str, delete: Callable[[str], None]) -> TaskView:
+        """Delete a finished task's result file now; the task record and its ledger stay.
+
+        For faces whose API deletes videos (OpenAI, Ark). `delete` removes the file (and
+        anything cached beside it). A task still running must be cancelled first: 409.
+        """
+        view = self.get_task(key_id, task_id)
+        if view.status not in TERMINAL:
+            raise TaskNotCancellable(
+                f"Task '{task_id}' is still {view.status}; cancel it before deleting its result.",
+                param="task_id",
+                code="task_not_finished",
+            )
+        if view.result_file is None:
+            return view
+        with self.db.write() as session:
+            result = session.execute(
+                update(Task)
+                .where(
+                    Task.id == task_id,
+                    Task.api_key_id == key_id,
+                    Task.result_file == view.result_file,
+                )
+                .values(result_file=None, updated_at=self.clock.now())
+            )
+            removed = result.rowcount == 1  # type: ignore[attr-defined]
+        if removed:
+            delete(view.result_file)
+        return self.get_task(key_id, task_id)

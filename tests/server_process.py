@@ -18,11 +18,15 @@ from conftest import free_port, fresh_database_url
 class ServerProcess:
     """One data directory and port; start, SIGKILL and restart the server on them."""
 
-    def __init__(self, data_dir: Path, log: Path, **settings: str) -> None:
+    def __init__(
+        self, data_dir: Path, log: Path, database_url: str | None = None, **settings: str
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.database_url = fresh_database_url() or f"sqlite:///{data_dir / 'opendance.db'}"
+        self.database_url = (
+            database_url or fresh_database_url() or f"sqlite:///{data_dir / 'opendance.db'}"
+        )
         self.env = {
             **os.environ,
             "OPENDANCE_DATA_DIR": str(data_dir),
@@ -57,14 +61,18 @@ class ServerProcess:
         assert match, created.stdout + created.stderr
         return match.group(0)
 
-    def start(self, timeout: float = 60) -> None:
-        with open(self.log, "ab") as handle:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "opendance", "serve"],
+    def spawn(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start another `opendance` command on the same settings (e.g. a worker)."""
+        with open(log or self.log, "ab") as handle:
+            return subprocess.Popen(
+                [sys.executable, "-m", "opendance", *args],
                 env=self.env,
                 stdout=handle,
                 stderr=handle,
             )
+
+    def start(self, *args: str, timeout: float = 60) -> None:
+        self.proc = self.spawn("serve", *args)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
