@@ -21,9 +21,13 @@ from opendance.dispatch.registry import WorkerRegistry
 from opendance.dispatch.runner import TaskRunner
 from opendance.engines.registry import EngineRouter
 from opendance.faces import ark, files, health, openai, seed, webhooks
+from opendance.faces import metrics as metrics_face
 from opendance.faces.errors import install_error_handlers
+from opendance.faces.limits import KeyRateLimiter
 from opendance.media.safe_http import Resolver
 from opendance.media.storage import ResultStore, load_or_create_secret
+from opendance.observability.metrics import Metrics
+from opendance.observability.middleware import RequestContextMiddleware
 from opendance.settings import Settings
 from opendance.store import migrate
 from opendance.store.db import Database
@@ -51,6 +55,8 @@ class Runtime:
     runner: TaskRunner
     outbox: Outbox
     registry: WorkerRegistry
+    metrics: Metrics
+    limiter: KeyRateLimiter
     sender: CallbackSender | None = None
     dispatcher: LocalDispatcher | None = None
     deferrer: JobDeferrer | None = None
@@ -76,6 +82,7 @@ class Runtime:
                 lambda: self.service.sweep_expired_results(self.results.delete),
             ),
             (60.0, self.registry.prune),
+            (3600.0, self.service.sweep_idempotency_keys),
             *(extra_jobs or []),
         ]
         if settings.dispatch == "procrastinate":
@@ -112,7 +119,12 @@ class Runtime:
             return json.dumps(seed.task_object(view, self.results), separators=(",", ":"))
 
         self.sender = CallbackSender(
-            self.outbox, render, self.settings, self.clock, resolver=self.callback_resolver
+            self.outbox,
+            render,
+            self.settings,
+            self.clock,
+            resolver=self.callback_resolver,
+            metrics=self.metrics,
         )
         self.service.on_finished.append(self.sender.notify)
         self.sender.start()
@@ -139,14 +151,16 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     migrate.upgrade(settings.db_url)
     db = Database(settings.db_url)
     router = EngineRouter(settings)
-    service = TaskService(db, settings, router, PriceTable(settings), clock)
+    metrics = Metrics()
+    service = TaskService(db, settings, router, PriceTable(settings), clock, metrics)
+    metrics.watch_tasks(service.status_counts)
     secret = (
         settings.url_signing_secret.get_secret_value().encode()
         if settings.url_signing_secret
         else load_or_create_secret(settings.data_dir / "url-signing.key")
     )
     results = ResultStore(settings.results_dir, secret, settings.base_url)
-    runner = TaskRunner(service, router, results, settings)
+    runner = TaskRunner(service, router, results, settings, metrics)
     registry = WorkerRegistry(db, clock, stale_after=max(5.0, settings.lease_seconds))
     service.lanes_for = registry.lanes
     if settings.dispatch == "procrastinate":
@@ -164,6 +178,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         runner=runner,
         outbox=Outbox(db),
         registry=registry,
+        metrics=metrics,
+        limiter=KeyRateLimiter(settings),
     )
 
 
@@ -197,6 +213,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     state["runtime"] = rt
     app.state.runtime = rt
     install_error_handlers(app)
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=rt.metrics
+    )
+    app.include_router(metrics_face.router)
     app.include_router(seed.router)
     app.include_router(webhooks.router)
     app.include_router(files.router)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,10 +35,10 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _setup_logging(settings: Settings) -> None:
+    from opendance.observability.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -58,7 +57,7 @@ def serve(
     from opendance.app import build_runtime, create_app
 
     settings = _settings(config, host=host, port=port, workers=0 if no_workers else workers)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     if settings.dispatch == "procrastinate" and settings.workers:
         console.print("dispatch is procrastinate: tasks run on `opendance worker` processes")
     runtime = build_runtime(settings)
@@ -88,6 +87,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # keep our handlers: request and task ids on every line
         timeout_graceful_shutdown=30,
     )
 
@@ -109,7 +109,7 @@ def worker(
     from opendance.dispatch.local import new_worker_id
 
     settings = _settings(config)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     runtime = build_runtime(settings)
     served = (
         [m.strip() for m in models.split(",") if m.strip()] if models else runtime.router.models()

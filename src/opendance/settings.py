@@ -103,6 +103,19 @@ class Settings(BaseSettings):
     allow_loopback_for_tests: bool = False
     extra_ca_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="413 above this.")
+    rate_limit_create: str = Field(
+        default="120/minute", description="Creates per key (limits syntax)."
+    )
+    rate_limit_read: str = Field(default="3000/minute", description="Other requests per key.")
+    rate_limit_storage_url: str = Field(
+        default="memory://", description="limits storage: memory:// (one process) or redis://..."
+    )
+    max_active_tasks_per_key: int = Field(
+        default=100, ge=1, description="Pending + processing tasks a key may have (429 beyond)."
+    )
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60)
 
     @field_validator("data_dir")
     @classmethod

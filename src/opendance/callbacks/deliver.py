@@ -22,6 +22,7 @@ from opendance.callbacks import signing
 from opendance.callbacks.outbox import AttemptRecord, ClaimedDelivery, Outbox
 from opendance.clock import Clock
 from opendance.media.safe_http import Resolver, UnsafeAddressError, make_async_safe_client
+from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class CallbackSender:
         *,
         resolver: Resolver | None = None,
         attempt_timeout: float = ATTEMPT_TIMEOUT_SECONDS,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.outbox = outbox
         self.render_body = render_body
         self.settings = settings
@@ -154,6 +157,9 @@ class CallbackSender:
         state = await asyncio.to_thread(
             self.outbox.record_attempt, delivery, record, self.clock.now()
         )
+        if self.metrics is not None:
+            outcome = "success" if record.succeeded else "failure"
+            self.metrics.callback_attempts.labels(outcome).inc()
         log.info(
             "callback %s for %s attempt %d: %s (%s)",
             delivery.id,

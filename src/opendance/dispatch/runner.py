@@ -12,6 +12,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ from opendance.engines.base import (
 )
 from opendance.engines.registry import EngineRouter
 from opendance.media.storage import ResultStore
+from opendance.observability.context import task_id as task_context
+from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
 from opendance.tasks.models import Cancelled, ClaimedTask, Completed, Failed
 from opendance.tasks.service import TaskService
@@ -41,8 +44,16 @@ class WorkerContext:
     #: Seconds between progress writes when the integer percent has not moved.
     MIN_REPORT_INTERVAL = 1.0
 
-    def __init__(self, service: TaskService, claimed: ClaimedTask, work_dir: Path) -> None:
+    def __init__(
+        self,
+        service: TaskService,
+        claimed: ClaimedTask,
+        work_dir: Path,
+        on_step: Callable[[float], None] | None = None,
+    ) -> None:
         self._service = service
+        self._on_step = on_step
+        self._last_step = time.monotonic()
         self._claimed = claimed
         self._work_dir = work_dir
         self._cancelled = threading.Event()
@@ -73,6 +84,9 @@ class WorkerContext:
     def report_progress(self, fraction: float) -> None:
         percent = int(max(0.0, min(1.0, fraction)) * 99)
         now = time.monotonic()
+        if self._on_step is not None:
+            self._on_step(now - self._last_step)
+        self._last_step = now
         if percent != self._last_percent or now - self._last_report >= self.MIN_REPORT_INTERVAL:
             self._last_percent = percent
             self._last_report = now
@@ -113,7 +127,9 @@ class TaskRunner:
         router: EngineRouter,
         results: ResultStore,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.service = service
         self.router = router
         self.results = results
@@ -142,7 +158,12 @@ class TaskRunner:
     def run(self, claimed: ClaimedTask) -> None:
         work_dir = self.settings.work_dir / f"{claimed.id}-{claimed.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        ctx = WorkerContext(self.service, claimed, work_dir)
+        on_step = None
+        if self.metrics is not None:
+            kind = self.router.engine(claimed.requested_model).kind
+            on_step = self.metrics.engine_step_seconds.labels(kind).observe
+        ctx = WorkerContext(self.service, claimed, work_dir, on_step)
+        task_token = task_context.set(claimed.id)
         with self._lock:
             self._active[claimed.id] = ctx
         stop_heartbeat = threading.Event()
@@ -158,6 +179,7 @@ class TaskRunner:
             with self._lock:
                 self._active.pop(claimed.id, None)
             shutil.rmtree(work_dir, ignore_errors=True)
+            task_context.reset(task_token)
 
     def _heartbeat(self, claimed: ClaimedTask, ctx: WorkerContext, stop: threading.Event) -> None:
         interval = max(0.05, self.settings.lease_seconds / 3)

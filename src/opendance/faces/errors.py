@@ -44,6 +44,8 @@ SERVICE_STATUS: dict[type[service_errors.ServiceError], int] = {
     service_errors.KeyNotFound: 404,
     service_errors.TaskNotCancellable: 409,
     service_errors.ServiceUnavailable: 503,
+    service_errors.IdempotencyKeyReused: 422,
+    service_errors.TooManyActiveTasks: 429,
 }
 
 
@@ -94,7 +96,7 @@ def from_service_error(error: service_errors.ServiceError) -> ApiError:
         if cls in SERVICE_STATUS:
             status = SERVICE_STATUS[cls]
             break
-    headers = {"Retry-After": "5"} if status == 503 else None
+    headers = {"Retry-After": "5"} if status in (429, 503) else None
     return ApiError(status, error.code, error.message, param=error.param, headers=headers)
 
 

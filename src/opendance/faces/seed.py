@@ -7,11 +7,14 @@ fields the contract names are checked strictly (no "5" for 5, no 5.5, no "1080P"
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +24,7 @@ from opendance.media.addresses import check_url
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.media.storage import ResultStore
 from opendance.settings import DEFAULT_MODEL
-from opendance.tasks.models import CreateTask, TaskView
+from opendance.tasks.models import CreateTask, KeyInfo, TaskView
 from opendance.tasks.states import Status
 
 router = APIRouter(tags=["Seedance task API"])
@@ -241,20 +244,57 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         }
     },
 )
-async def create_video(request: Request) -> TaskObject:
+async def create_video(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
     key = await run_in_threadpool(authenticate_request, request, bearer_token(request))
-    create = parse_create_request(
-        await request.body(), allow_loopback=runtime.settings.allow_loopback_for_tests
+    limit_headers = runtime.limiter.check(key.id, "create")
+    raw = await request.body()
+    create = parse_create_request(raw, allow_loopback=runtime.settings.allow_loopback_for_tests)
+    idempotency_key = idempotency_key_of(request)
+    view, replayed = await run_in_threadpool(
+        partial(
+            runtime.service.create_task_once,
+            key,
+            create,
+            idempotency_key=idempotency_key,
+            request_hash=hashlib.sha256(raw).hexdigest(),
+        )
     )
-    view = await run_in_threadpool(runtime.service.create_task, key, create)
-    return task_object(view, runtime.results)
+    headers = {**limit_headers, "Location": f"/v1/tasks/{view.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(task_object(view, runtime.results), headers=headers)
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """The `Idempotency-Key` header, checked: 1 to 255 printable characters."""
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not value.isprintable():
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 printable characters.",
+            param="Idempotency-Key",
+        )
+    return value
+
+
+def read_limited(request: Request, response: Response, key: CurrentKey) -> KeyInfo:
+    """Authenticate and count the request against the key's read limit."""
+    headers = request.app.state.runtime.limiter.check(key.id, "read")
+    response.headers.update(headers)
+    return key
+
+
+ReadKey = Annotated[KeyInfo, Depends(read_limited)]
 
 
 @router.get(
     "/v1/tasks/{task_id}", summary="Query a task", responses={404: {"description": "Unknown task"}}
 )
-def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
+def get_task(task_id: str, key: ReadKey, request: Request) -> TaskObject:
     runtime = request.app.state.runtime
     view = runtime.service.get_task(key.id, task_id)
     return task_object(view, runtime.results)
@@ -265,7 +305,7 @@ def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     summary="Cancel a task",
     responses={404: {"description": "Unknown task"}, 409: {"description": "Task already finished"}},
 )
-def cancel_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
+def cancel_task(task_id: str, key: ReadKey, request: Request) -> TaskObject:
     runtime = request.app.state.runtime
     view = runtime.service.cancel_task(key.id, task_id)
     return task_object(view, runtime.results)
@@ -273,7 +313,7 @@ def cancel_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
 
 @router.get("/v1/tasks", summary="List your tasks, newest first")
 def list_tasks(
-    key: CurrentKey,
+    key: ReadKey,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[

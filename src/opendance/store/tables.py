@@ -166,3 +166,18 @@ class Worker(Base):
     concurrency: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` a key used on a create, with a hash of the body and the task made.
+
+    Written in the create's own transaction, so a key either names its task or nothing.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
+    created_at: Mapped[float] = mapped_column(Float, index=True)

@@ -42,3 +42,11 @@ class ServiceUnavailable(ServiceError):
 
 class KeyNotFound(ServiceError):
     code = "key_not_found"
+
+
+class IdempotencyKeyReused(ServiceError):
+    code = "idempotency_key_reused"
+
+
+class TooManyActiveTasks(ServiceError):
+    code = "too_many_active_tasks"

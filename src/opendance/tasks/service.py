@@ -16,21 +16,25 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, Protocol
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opendance.callbacks import outbox
 from opendance.clock import Clock
 from opendance.engines.base import VideoPlan, VideoRequest
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
+from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
 from opendance.store.db import Database
-from opendance.store.tables import ApiKey, Task
+from opendance.store.tables import ApiKey, IdempotencyKey, Task
 from opendance.tasks import ledger
 from opendance.tasks.errors import (
+    IdempotencyKeyReused,
     ServiceUnavailable,
     TaskNotCancellable,
     TaskNotFound,
+    TooManyActiveTasks,
     UnknownModel,
 )
 from opendance.tasks.models import (
@@ -78,8 +82,10 @@ class TaskService:
         planner: Planner,
         prices: PriceTable,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics
         self.settings = settings
         self.planner = planner
         self.prices = prices
@@ -113,6 +119,56 @@ class TaskService:
 
     def create_task(self, key: KeyInfo, request: CreateTask) -> TaskView:
         """Price, reserve and store a task, all in one transaction, before anyone hears of it."""
+        return self.create_task_once(key, request)[0]
+
+    def create_task_once(
+        self,
+        key: KeyInfo,
+        request: CreateTask,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str = "",
+    ) -> tuple[TaskView, bool]:
+        """`create_task` with Stripe's Idempotency-Key semantics; returns (task, replayed).
+
+        The key is stored in the create's transaction: the same key with the same body gives
+        the same task (nothing charged again, also for two requests at once); with another
+        body, IdempotencyKeyReused.
+        """
+        if idempotency_key is not None:
+            existing = self._idempotent_task(key.id, idempotency_key, request_hash)
+            if existing is not None:
+                return existing, True
+        try:
+            return self._create(key, request, idempotency_key, request_hash), False
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            # A concurrent request with the same key committed first.
+            existing = self._idempotent_task(key.id, idempotency_key, request_hash)
+            if existing is None:
+                raise
+            return existing, True
+
+    def _idempotent_task(
+        self, key_id: str, idempotency_key: str, request_hash: str
+    ) -> TaskView | None:
+        cutoff = self.clock.now() - self.settings.idempotency_ttl_seconds
+        with self.db.read() as session:
+            row = session.get(IdempotencyKey, (key_id, idempotency_key))
+            if row is None or row.created_at < cutoff:
+                return None
+            if row.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used with a different request body.",
+                    param="Idempotency-Key",
+                )
+            task_id = row.task_id
+        return self.get_task(key_id, task_id)
+
+    def _create(
+        self, key: KeyInfo, request: CreateTask, idempotency_key: str | None, request_hash: str
+    ) -> TaskView:
         if not self.planner.has_model(request.model):
             raise UnknownModel(
                 f"Unknown model '{request.model}'. Configured models: "
@@ -144,6 +200,27 @@ class TaskService:
             ).scalar_one()
             if pending >= self.settings.max_queued_tasks:
                 raise ServiceUnavailable("The queue is full; try again later.")
+            active = session.execute(
+                select(func.count())
+                .select_from(Task)
+                .where(
+                    Task.api_key_id == key.id,
+                    Task.status.in_([Status.PENDING, Status.PROCESSING]),
+                )
+            ).scalar_one()
+            if active >= self.settings.max_active_tasks_per_key:
+                raise TooManyActiveTasks(
+                    f"This key already has {active} unfinished tasks (the limit is "
+                    f"{self.settings.max_active_tasks_per_key}); wait for some to finish."
+                )
+            if idempotency_key is not None:
+                session.execute(
+                    delete(IdempotencyKey).where(
+                        IdempotencyKey.api_key_id == key.id,
+                        IdempotencyKey.key == idempotency_key,
+                        IdempotencyKey.created_at < now - self.settings.idempotency_ttl_seconds,
+                    )
+                )
             ledger.reserve(session, key.id, task_id, price, now)
             session.add(
                 Task(
@@ -173,8 +250,24 @@ class TaskService:
                     attempts=0,
                 )
             )
+            if idempotency_key is not None:
+                session.flush()
+                session.add(
+                    IdempotencyKey(
+                        api_key_id=key.id,
+                        key=idempotency_key,
+                        request_hash=request_hash,
+                        task_id=task_id,
+                        created_at=now,
+                    )
+                )
+        if self.metrics is not None:
+            self.metrics.tasks_created.labels(request.model).inc()
+            self.metrics.credits.labels("reserved").inc(price)
+        # Read the task as created before any worker hears of it: the answer says pending.
+        view = self.get_task(key.id, task_id)
         self._notify(self.on_created, task_id)
-        return self.get_task(key.id, task_id)
+        return view
 
     def get_task(self, key_id: str, task_id: str) -> TaskView:
         """A key's own task; another key's task is as unknown as a missing one."""
@@ -367,6 +460,9 @@ class TaskService:
         ).scalar_one_or_none()
         if row is None:
             return None
+        if self.metrics is not None and row.attempts == 1:
+            waited = now - row.created_seq / 1_000_000
+            self.metrics.task_queue_seconds.labels(row.requested_model).observe(max(0.0, waited))
         return ClaimedTask(
             id=row.id,
             lease_token=token,
@@ -566,12 +662,16 @@ class TaskService:
         with self.db.write() as session:
             row = session.execute(
                 statement.values(**values).returning(
-                    Task.api_key_id, Task.credits, Task.callback_url
+                    Task.api_key_id,
+                    Task.credits,
+                    Task.callback_url,
+                    Task.requested_model,
+                    Task.started_at,
                 )
             ).first()
             if row is None:
                 return False
-            key_id, credits, callback_url = row
+            key_id, credits, callback_url, model, started_at = row
             if isinstance(outcome, Completed):
                 ledger.settle(session, key_id, task_id, credits, now)
             else:
@@ -587,6 +687,13 @@ class TaskService:
                     now=now,
                 )
         log.info("task %s %s", task_id, outcome.status)
+        if self.metrics is not None:
+            status = str(outcome.status)
+            self.metrics.tasks_finished.labels(model, status).inc()
+            kind = "settled" if isinstance(outcome, Completed) else "refunded"
+            self.metrics.credits.labels(kind).inc(credits)
+            if started_at is not None:
+                self.metrics.task_run_seconds.labels(model, status).observe(now - started_at)
         self._notify(self.on_finished, task_id)
         self._changed(task_id)
         return True
@@ -602,6 +709,24 @@ class TaskService:
                 hook(task_id)
             except Exception:
                 log.exception("task listener %r failed for %s", hook, task_id)
+
+    def status_counts(self) -> list[tuple[str, str, int]]:
+        """(status, model, count) of every task (for metrics gauges)."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Task.status, Task.requested_model, func.count()).group_by(
+                    Task.status, Task.requested_model
+                )
+            ).all()
+            return [(str(s), str(m), int(c)) for s, m, c in rows]
+
+    def sweep_idempotency_keys(self) -> int:
+        cutoff = self.clock.now() - self.settings.idempotency_ttl_seconds
+        with self.db.write() as session:
+            result = session.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def sweep_expired_results(self, delete: Callable[[str], None]) -> int:
         """Delete result files past expiry; the task stays completed, its URL stops working."""

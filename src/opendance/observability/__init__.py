@@ -1,0 +1,1 @@
+"""Signals for operators: request ids, structured logs, Prometheus metrics."""

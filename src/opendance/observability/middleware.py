@@ -1,0 +1,108 @@
+"""ASGI middleware: request ids in and out, a request body limit, request metrics.
+
+Written as plain ASGI (not BaseHTTPMiddleware) so it adds little per request and never
+buffers streamed responses such as SSE or video downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from opendance.faces.errors import error_body
+from opendance.observability import context
+from opendance.observability.metrics import Metrics
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    """X-Request-Id (the client's if sane, else a new one) on the response and every log line;
+    413 for bodies over `max_body_bytes` (announced or streamed); a latency histogram."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        token = context.request_id.set(request_id)
+        started = time.perf_counter()
+        status_holder = {"status": 500, "started": False}
+        raw_length = headers.get(b"content-length")
+        try:
+            if (
+                raw_length is not None
+                and raw_length.isdigit()
+                and int(raw_length) > self.max_body_bytes
+            ):
+                await self._reject(send, request_id)
+                status_holder["status"] = 413
+                return
+
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise _BodyTooLarge
+                return message
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status_holder["status"] = message["status"]
+                    status_holder["started"] = True
+                    message.setdefault("headers", [])
+                    message["headers"] = [
+                        *message["headers"],
+                        (b"x-request-id", request_id.encode()),
+                    ]
+                await send(message)
+
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except _BodyTooLarge:
+                if not status_holder["started"]:
+                    status_holder["status"] = 413
+                    await self._reject(send, request_id)
+        finally:
+            context.request_id.reset(token)
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(
+                scope.get("method", ""), path, str(status_holder["status"])
+            ).observe(time.perf_counter() - started)
+
+    async def _reject(self, send: Send, request_id: str) -> None:
+        body = json.dumps(
+            error_body(
+                413,
+                "request_too_large",
+                f"The request body is larger than {self.max_body_bytes} bytes.",
+            )
+        ).encode()
+        headers: list[tuple[bytes, bytes]] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
