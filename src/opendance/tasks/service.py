@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from opendance.callbacks import outbox
 from opendance.clock import Clock
@@ -67,6 +68,11 @@ class Planner(Protocol):
     def estimate_seconds(self, model: str, plan: VideoPlan) -> float: ...
 
     def concurrency(self, model: str) -> int: ...
+
+
+def _held(task_id: str, lease_token: str) -> tuple[ColumnElement[bool], ...]:
+    """The task is processing under this lease: the fence on every worker-side update."""
+    return (Task.id == task_id, Task.status == Status.PROCESSING, Task.lease_token == lease_token)
 
 
 def new_task_id(created: int) -> str:
@@ -504,13 +510,7 @@ class TaskService:
             values["progress"] = case((Task.progress < bounded, bounded), else_=Task.progress)
         with self.db.write() as session:
             result = session.execute(
-                update(Task)
-                .where(
-                    Task.id == task_id,
-                    Task.status == Status.PROCESSING,
-                    Task.lease_token == lease_token,
-                )
-                .values(**values)
+                update(Task).where(*_held(task_id, lease_token)).values(**values)
             )
             alive = bool(result.rowcount == 1)  # type: ignore[attr-defined]
         if alive and progress is not None:
@@ -537,11 +537,7 @@ class TaskService:
         with self.db.write() as session:
             result = session.execute(
                 update(Task)
-                .where(
-                    Task.id == task_id,
-                    Task.status == Status.PROCESSING,
-                    Task.lease_token == lease_token,
-                )
+                .where(*_held(task_id, lease_token))
                 .values(updated_at=self.clock.now(), **values)
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -558,11 +554,7 @@ class TaskService:
         with self.db.write() as session:
             result = session.execute(
                 update(Task)
-                .where(
-                    Task.id == task_id,
-                    Task.status == Status.PROCESSING,
-                    Task.lease_token == lease_token,
-                )
+                .where(*_held(task_id, lease_token))
                 .values(
                     status=Status.PENDING,
                     attempts=Task.attempts - 1,
@@ -601,11 +593,7 @@ class TaskService:
             with self.db.write() as session:
                 result = session.execute(
                     update(Task)
-                    .where(
-                        Task.id == task_id,
-                        Task.status == Status.PROCESSING,
-                        Task.lease_token == token,
-                    )
+                    .where(*_held(task_id, token))
                     .values(
                         status=Status.PENDING,
                         worker_id=None,
