@@ -70,7 +70,7 @@ class Planner(Protocol):
     def concurrency(self, model: str) -> int: ...
 
 
-def _held(task_id: str, lease_token: str) -> tuple[ColumnElement[bool], ...]:
+def _held(task_id: str, lease_token: str | None) -> tuple[ColumnElement[bool], ...]:
     """The task is processing under this lease: the fence on every worker-side update."""
     return (Task.id == task_id, Task.status == Status.PROCESSING, Task.lease_token == lease_token)
 
