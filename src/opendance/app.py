@@ -116,6 +116,10 @@ class Runtime:
             view = self.service.get_task_unscoped(task_id)
             if view is None:
                 return None
+            if view.face == "openai":
+                return openai.webhook_body(view)
+            if view.face == "ark":
+                return ark.callback_body(view, self.results)
             return json.dumps(seed.task_object(view, self.results), separators=(",", ":"))
 
         self.sender = CallbackSender(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
-import inspect
 import io
 import ssl
 import threading
@@ -21,15 +19,11 @@ from byteplussdkarkruntime import Ark
 from PIL import Image
 
 from conftest import LiveServer
-from opendance.dispatch import runner as runner_module
-from opendance.tasks.models import CreateTask
 
 U8Array = npt.NDArray[np.uint8]
 
 #: Whether the core records the face a task came through (callbacks then go out in its format).
-CORE_RECORDS_FACE = any(f.name == "face" for f in dataclasses.fields(CreateTask))
 #: Whether the worker reads `upload:` images (multipart uploads and data: URLs) from disk.
-CORE_READS_UPLOADS = "upload:" in inspect.getsource(runner_module)
 
 
 def openai_client(server: LiveServer, key: str) -> openai.OpenAI:

@@ -21,8 +21,6 @@ import openai
 import pytest
 import trustme
 from face_helpers import (
-    CORE_READS_UPLOADS,
-    CORE_RECORDS_FACE,
     HookReceiver,
     ImageSite,
     ark_client,
@@ -225,11 +223,6 @@ def test_uploaded_input_reference_is_stored_and_checked(idle_server: LiveServer)
     assert bad.value.param == "input_reference"
 
 
-@pytest.mark.xfail(
-    not CORE_READS_UPLOADS,
-    reason="the worker does not read upload: images yet (core change proposed)",
-    strict=True,
-)
 def test_uploaded_input_reference_becomes_the_first_frame(server: LiveServer) -> None:
     key = server.new_key()
     client = openai_client(server, key)
@@ -486,11 +479,6 @@ def hook(tmp_path: Path) -> Iterator[HookReceiver]:
     receiver.close()
 
 
-@pytest.mark.xfail(
-    not CORE_RECORDS_FACE,
-    reason="the core does not record a task's face yet, so callbacks use the Seedance body",
-    strict=True,
-)
 def test_webhook_is_an_openai_event_signed_standard_webhooks(
     server_factory: ServerFactory, hook: HookReceiver, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from opendance.engines.base import (
 )
 from opendance.engines.registry import EngineRouter
 from opendance.media.storage import ResultStore
+from opendance.media.uploads import UPLOAD_PREFIX, read_upload
 from opendance.observability.context import task_id as task_context
 from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
@@ -252,6 +253,8 @@ class TaskRunner:
         from opendance.media.fetch import ImageFetchError, fetch_image
 
         try:
+            if url.startswith(UPLOAD_PREFIX):
+                return read_upload(self.settings, url)
             return fetch_image(
                 url,
                 max_bytes=self.settings.image_max_bytes,

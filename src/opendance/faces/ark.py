@@ -10,6 +10,7 @@ wins. Errors use Ark's body and codes (`InvalidParameter`, `AuthenticationError`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -23,12 +24,13 @@ from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
 from opendance.faces.errors import ApiError
+from opendance.faces.guards import guarded_create
+from opendance.faces.images import image_reference
 from opendance.faces.openai import (
     Handler,
     as_api_error,
     body_limit,
     check_callback_url,
-    image_reference,
     read_body,
     remove_result,
     resolve_model,
@@ -444,7 +446,7 @@ _CREATE_BODY: Final[dict[str, Any]] = {
     responses={200: {"content": {"application/json": {"example": {"id": _TASK_EXAMPLE["id"]}}}}},
     openapi_extra={"requestBody": _CREATE_BODY},
 )
-async def create_task(request: Request, key: CurrentKey) -> dict[str, Any]:
+async def create_task(request: Request, key: CurrentKey) -> JSONResponse:
     runtime = request.app.state.runtime
     raw = await read_body(request, body_limit(runtime.settings))
     try:
@@ -454,8 +456,8 @@ async def create_task(request: Request, key: CurrentKey) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     create = await run_in_threadpool(parse_create, data, runtime.router.models(), runtime.settings)
-    view = await run_in_threadpool(runtime.service.create_task, key, create)
-    return {"id": view.id}
+    view, headers = await guarded_create(request, key, create, hashlib.sha256(raw).hexdigest())
+    return JSONResponse({"id": view.id}, headers=headers)
 
 
 @router.get(

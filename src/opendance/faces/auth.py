@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from opendance.faces.errors import ApiError
@@ -43,10 +43,13 @@ def bearer_token(request: Request) -> str | None:
 
 def require_key(
     request: Request,
+    response: Response,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> KeyInfo:
-    """The calling key; 401 in the contract's error shape if it is missing or wrong."""
-    return authenticate_request(request, bearer_token(request))
+    """The calling key (401 if missing or wrong), counted against its read rate limit."""
+    key = authenticate_request(request, bearer_token(request))
+    response.headers.update(request.app.state.runtime.limiter.check(key.id, "read"))
+    return key
 
 
 CurrentKey = Annotated[KeyInfo, Depends(require_key)]

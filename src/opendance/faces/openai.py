@@ -13,18 +13,13 @@ from disk instead of fetching. The same helpers serve the Ark face's `data:` ima
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import secrets
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import fields, replace
-from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -39,9 +34,12 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 from opendance.engines.base import VideoRequest
 from opendance.faces.auth import CurrentKey
 from opendance.faces.errors import ApiError, error_body, from_service_error
+from opendance.faces.guards import guarded_create
+from opendance.faces.images import image_reference
+from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
+from opendance.faces.images import uploads_dir as uploads_dir
 from opendance.media import previews
 from opendance.media.addresses import check_url
-from opendance.media.fetch import ImageFetchError, decode_image
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES, nearest_named_ratio, size_for
 from opendance.settings import DEFAULT_MODEL, Settings
 from opendance.tasks.errors import ServiceError, TaskNotCancellable
@@ -54,18 +52,7 @@ DEFAULT_SIZE: Final[str] = "720x1280"
 MIN_SECONDS: Final[int] = 2
 MAX_SECONDS: Final[int] = 12
 MAX_PROMPT: Final[int] = 2000
-UPLOAD_PREFIX: Final[str] = "upload:"
-UPLOAD_NAME: Final = re.compile(r"^[0-9a-f]{32}\.(?:jpg|png|webp)$")
-_UPLOAD_EXTENSIONS: Final[dict[str, str]] = {
-    "JPEG": "jpg",
-    "MPO": "jpg",
-    "PNG": "png",
-    "WEBP": "webp",
-}
 _SIZE: Final = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
-_DATA_URL: Final = re.compile(
-    r"^data:([^,;]*)((?:;[^,;]*)*?);base64,(.*)$", re.IGNORECASE | re.DOTALL
-)
 #: Ids that are paths of the Seedance face, not videos (`DELETE /v1/videos/generations` is a 405).
 _RESERVED_IDS: Final[frozenset[str]] = frozenset({"generations"})
 #: Bounds of the `openai-poll-after-ms` header: poll often for short jobs, never hammer.
@@ -321,80 +308,6 @@ def planner_sizes(
 
 # ---------------------------------------------------------------------------------------------
 # First-frame images: URLs pass through, uploads and data: URLs are stored on disk
-
-
-def uploads_dir(settings: Settings) -> Path:
-    return settings.data_dir / "uploads"
-
-
-def save_upload(folder: Path, data: bytes, *, max_bytes: int, max_pixels: int, param: str) -> str:
-    """Check an uploaded image (size, format, pixels) and store it; returns `upload:<name>`.
-
-    The worker decodes it again from disk, so only bytes that decode now are ever stored.
-    """
-    if len(data) > max_bytes:
-        raise _invalid(param, f"the image is larger than {max_bytes / (1024 * 1024):g} MB")
-    try:
-        _image, image_format = decode_image(data, max_pixels=max_pixels)
-    except ImageFetchError as error:
-        raise _invalid(param, error.message) from None
-    name = f"{secrets.token_hex(16)}.{_UPLOAD_EXTENSIONS.get(image_format, 'png')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    temp = folder / f".{name}.part"
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    return UPLOAD_PREFIX + name
-
-
-def decode_data_url(url: str, *, max_bytes: int, param: str) -> bytes | None:
-    """The bytes of a base64 `data:` URL; None if `url` is not a data URL."""
-    if url[:5].lower() != "data:":
-        return None
-    match = _DATA_URL.match(url)
-    if match is None:
-        raise _invalid(param, "a data URL must be data:image/<format>;base64,<data>")
-    payload = match[3]
-    if len(payload) * 3 // 4 > max_bytes + 3:
-        raise _invalid(param, f"the image is larger than {max_bytes / (1024 * 1024):g} MB")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid(param, "the data URL is not valid base64") from None
-
-
-def image_reference(url: str, settings: Settings, *, param: str) -> str:
-    """What to record as a task's image: an http(s) URL as it is, a data: URL stored on disk.
-
-    An `upload:<name>` id from an earlier upload (`POST /v1/files`, or a data: URL) is taken
-    when that upload exists.
-    """
-    if url.startswith(UPLOAD_PREFIX):
-        name = url.removeprefix(UPLOAD_PREFIX)
-        if not UPLOAD_NAME.match(name) or not (uploads_dir(settings) / name).is_file():
-            raise _invalid(param, "no such upload")
-        return url
-    data = decode_data_url(url, max_bytes=settings.image_max_bytes, param=param)
-    if data is not None:
-        return save_upload(
-            uploads_dir(settings),
-            data,
-            max_bytes=settings.image_max_bytes,
-            max_pixels=settings.image_max_pixels,
-            param=param,
-        )
-    problem = check_url(
-        url,
-        schemes={"http", "https"},
-        field=param,
-        allow_loopback=settings.allow_loopback_for_tests,
-    )
-    if problem:
-        raise _invalid(param, problem)
-    return url
 
 
 def check_callback_url(url: str | None, settings: Settings) -> str | None:
@@ -671,11 +584,11 @@ VideoId = Annotated[str, Depends(_video_id)]
     responses={200: {"content": {"application/json": {"example": _VIDEO_EXAMPLE}}}, **_ERRORS},
     openapi_extra={"requestBody": _CREATE_BODY},
 )
-async def create_video(request: Request, key: CurrentKey) -> dict[str, Any]:
+async def create_video(request: Request, key: CurrentKey) -> JSONResponse:
     runtime = request.app.state.runtime
     create = await parse_create(request, runtime)
-    view = await run_in_threadpool(runtime.service.create_task, key, create)
-    return video_object(view)
+    view, headers = await guarded_create(request, key, create)
+    return JSONResponse(video_object(view), headers=headers)
 
 
 @router.get("/v1/videos", summary="List videos, newest first (cursor pagination)")

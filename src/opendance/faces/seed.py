@@ -10,21 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey, authenticate_request, bearer_token
 from opendance.faces.errors import ApiError
+from opendance.faces.guards import guarded_create
+from opendance.faces.images import image_reference
 from opendance.media.addresses import check_url
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.media.storage import ResultStore
-from opendance.settings import DEFAULT_MODEL
-from opendance.tasks.models import CreateTask, KeyInfo, TaskView
+from opendance.settings import DEFAULT_MODEL, Settings
+from opendance.tasks.models import CreateTask, TaskView
 from opendance.tasks.states import Status
 
 router = APIRouter(tags=["Seedance task API"])
@@ -103,7 +104,7 @@ def validation_error(error: ValidationError) -> ApiError:
     return ApiError(400, "invalid_parameter", f"Invalid '{field}': {rule}.", param=field)
 
 
-def parse_create_request(raw: bytes, *, allow_loopback: bool) -> CreateTask:
+def parse_create_request(raw: bytes, settings: Settings) -> CreateTask:
     """Bytes of a create request -> a validated CreateTask, or an ApiError(400)."""
     try:
         data = json.loads(raw)
@@ -121,16 +122,9 @@ def parse_create_request(raw: bytes, *, allow_loopback: bool) -> CreateTask:
         )
     image_url = body.image_urls[0] if body.image_urls else None
     if image_url is not None:
-        problem = check_url(
-            image_url,
-            schemes={"http", "https"},
-            field="image_urls[0]",
-            allow_loopback=allow_loopback,
-        )
-        if problem:
-            raise ApiError(
-                400, "invalid_parameter", f"Invalid 'image_urls': {problem}.", param="image_urls"
-            )
+        # An http(s) URL (checked as written, fetched by the worker), or opendance's
+        # extensions: `upload:<id>` from POST /v1/files, or a base64 data: URL (stored now).
+        image_url = image_reference(image_url, settings, param="image_urls")
     aspect_ratio = body.aspect_ratio or ("adaptive" if image_url else "16:9")
     if aspect_ratio in IMAGE_ONLY_RATIOS and image_url is None:
         raise ApiError(
@@ -144,7 +138,7 @@ def parse_create_request(raw: bytes, *, allow_loopback: bool) -> CreateTask:
             body.callback_url,
             schemes={"https"},
             field="callback_url",
-            allow_loopback=allow_loopback,
+            allow_loopback=settings.allow_loopback_for_tests,
         )
         if problem:
             raise ApiError(
@@ -247,54 +241,17 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def create_video(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
     key = await run_in_threadpool(authenticate_request, request, bearer_token(request))
-    limit_headers = runtime.limiter.check(key.id, "create")
     raw = await request.body()
-    create = parse_create_request(raw, allow_loopback=runtime.settings.allow_loopback_for_tests)
-    idempotency_key = idempotency_key_of(request)
-    view, replayed = await run_in_threadpool(
-        partial(
-            runtime.service.create_task_once,
-            key,
-            create,
-            idempotency_key=idempotency_key,
-            request_hash=hashlib.sha256(raw).hexdigest(),
-        )
-    )
-    headers = {**limit_headers, "Location": f"/v1/tasks/{view.id}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
+    create = await run_in_threadpool(parse_create_request, raw, runtime.settings)
+    view, headers = await guarded_create(request, key, create, hashlib.sha256(raw).hexdigest())
+    headers["Location"] = f"/v1/tasks/{view.id}"
     return JSONResponse(task_object(view, runtime.results), headers=headers)
-
-
-def idempotency_key_of(request: Request) -> str | None:
-    """The `Idempotency-Key` header, checked: 1 to 255 printable characters."""
-    value = request.headers.get("idempotency-key")
-    if value is None:
-        return None
-    if not 1 <= len(value) <= 255 or not value.isprintable():
-        raise ApiError(
-            400,
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 1 to 255 printable characters.",
-            param="Idempotency-Key",
-        )
-    return value
-
-
-def read_limited(request: Request, response: Response, key: CurrentKey) -> KeyInfo:
-    """Authenticate and count the request against the key's read limit."""
-    headers = request.app.state.runtime.limiter.check(key.id, "read")
-    response.headers.update(headers)
-    return key
-
-
-ReadKey = Annotated[KeyInfo, Depends(read_limited)]
 
 
 @router.get(
     "/v1/tasks/{task_id}", summary="Query a task", responses={404: {"description": "Unknown task"}}
 )
-def get_task(task_id: str, key: ReadKey, request: Request) -> TaskObject:
+def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     runtime = request.app.state.runtime
     view = runtime.service.get_task(key.id, task_id)
     return task_object(view, runtime.results)
@@ -305,7 +262,7 @@ def get_task(task_id: str, key: ReadKey, request: Request) -> TaskObject:
     summary="Cancel a task",
     responses={404: {"description": "Unknown task"}, 409: {"description": "Task already finished"}},
 )
-def cancel_task(task_id: str, key: ReadKey, request: Request) -> TaskObject:
+def cancel_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     runtime = request.app.state.runtime
     view = runtime.service.cancel_task(key.id, task_id)
     return task_object(view, runtime.results)
@@ -313,7 +270,7 @@ def cancel_task(task_id: str, key: ReadKey, request: Request) -> TaskObject:
 
 @router.get("/v1/tasks", summary="List your tasks, newest first")
 def list_tasks(
-    key: ReadKey,
+    key: CurrentKey,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[

@@ -53,10 +53,16 @@ class ResultStore:
         return relative
 
     def delete(self, relative: str) -> None:
+        """Delete a result and the previews cached beside it (thumbnail, spritesheet)."""
+        from opendance.media.previews import delete_previews
+
         try:
-            self.path_of(relative).unlink(missing_ok=True)
+            path = self.path_of(relative)
         except ValueError:
             log.warning("refusing to delete %r outside the result folder", relative)
+            return
+        delete_previews(path)
+        path.unlink(missing_ok=True)
 
     def signature(self, task_id: str, expires: int) -> str:
         mac = hmac.new(self._secret, f"{task_id}:{expires}".encode(), hashlib.sha256).digest()

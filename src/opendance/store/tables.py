@@ -113,6 +113,8 @@ class Task(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The API face the task came through (seed, openai, ark): its callbacks use that format.
+    face: Mapped[str] = mapped_column(String(16), default="seed", server_default="seed")
 
 
 class CallbackDelivery(Base):

@@ -29,6 +29,8 @@ class CreateTask:
     image_url: str | None = None
     callback_url: str | None = None
     seed: int | None = None
+    #: The API face the task came through: "seed", "openai" or "ark" (its callback's format).
+    face: str = "seed"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TaskView:
     error_code: str | None
     error_message: str | None
     usage: dict[str, Any] | None = None
+    face: str = "seed"
 
     @property
     def can_cancel(self) -> bool:

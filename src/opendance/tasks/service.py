@@ -254,6 +254,7 @@ class TaskService:
                     user_group=key.group,
                     estimated_seconds=estimate,
                     attempts=0,
+                    face=request.face,
                 )
             )
             if idempotency_key is not None:
@@ -342,6 +343,7 @@ class TaskService:
             error_code=row.error_code,
             error_message=row.error_message,
             usage=row.usage,
+            face=row.face,
         )
 
     def _estimated_time(self, session: Session, row: Task) -> int:
