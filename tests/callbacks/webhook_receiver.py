@@ -26,6 +26,12 @@ class Script:
     answers: list[tuple[int, float]] = field(default_factory=lambda: [(200, 0.0)])
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # A burst of callbacks must not overflow the default backlog of 5 (dropped SYNs are
+    # retried a second later, which would read as a second of latency).
+    request_queue_size = 128
+
+
 class Receiver:
     def __init__(self, ca: trustme.CA, script: Script) -> None:
         self.script = script
@@ -62,7 +68,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]

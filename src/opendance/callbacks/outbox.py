@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from opendance.callbacks import signing
@@ -120,11 +120,17 @@ class Outbox:
         return claimed
 
     def next_due(self) -> float | None:
+        """When the next delivery can be claimed (a claimed one only once its claim expires)."""
+        claimable_at = case(
+            (
+                CallbackDelivery.claimed_until > CallbackDelivery.next_attempt_at,
+                CallbackDelivery.claimed_until,
+            ),
+            else_=CallbackDelivery.next_attempt_at,
+        )
         with self.db.read() as session:
             value = session.execute(
-                select(func.min(CallbackDelivery.next_attempt_at)).where(
-                    CallbackDelivery.status == "pending"
-                )
+                select(func.min(claimable_at)).where(CallbackDelivery.status == "pending")
             ).scalar()
             return float(value) if value is not None else None
 
@@ -170,12 +176,22 @@ class Outbox:
 
     def signing_secrets(self, api_key_id: str, now: float) -> list[str]:
         """The secrets that sign a key's callbacks now (current, plus previous in its grace)."""
-        with self.db.write() as session:
+        with self.db.read() as session:
             row = session.get(ApiKey, api_key_id)
             if row is None:
                 return []
-            if row.webhook_secret is None:
-                row.webhook_secret = signing.new_secret()
+            current = row.webhook_secret
+        if current is None:  # a key made before callbacks were signed: give it a secret once
+            with self.db.write() as session:
+                row = session.get(ApiKey, api_key_id)
+                if row is None:
+                    return []
+                if row.webhook_secret is None:
+                    row.webhook_secret = signing.new_secret()
+        with self.db.read() as session:
+            row = session.get(ApiKey, api_key_id)
+            if row is None or row.webhook_secret is None:
+                return []
             found = [row.webhook_secret]
             if (
                 row.webhook_secret_previous

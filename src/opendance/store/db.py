@@ -7,8 +7,9 @@ a busy timeout. Read transactions stay deferred so readers never block writers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ class Database:
             self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
         )
         self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock: AbstractContextManager[object] = (
+            threading.RLock() if self.is_sqlite else nullcontext()
+        )
         self._write = sessionmaker(writer, expire_on_commit=False)
 
     @contextmanager
@@ -70,7 +74,10 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        with self._write() as session, session.begin():
+        # SQLite has one writer at a time. Writers of this process queue on a lock instead of
+        # in SQLite's busy handler, which sleeps up to 100 ms per retry and is not woken when
+        # the lock frees (other processes still meet the busy handler).
+        with self._write_lock, self._write() as session, session.begin():
             yield session
 
     def dispose(self) -> None:
