@@ -129,6 +129,7 @@ class LiveServer:
         )
 
     def stop(self) -> None:
+        self.runtime.shutting_down = True  # open event streams end at once
         self._server.should_exit = True
         self._thread.join(timeout=30)
         self.client.close()

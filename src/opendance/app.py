@@ -20,12 +20,24 @@ from opendance.dispatch.maintenance import Maintenance
 from opendance.dispatch.registry import WorkerRegistry
 from opendance.dispatch.runner import TaskRunner
 from opendance.engines.registry import EngineRouter
-from opendance.faces import ark, files, health, openai, seed, webhooks
+from opendance.faces import (
+    account,
+    ark,
+    events,
+    files,
+    health,
+    openai,
+    playground,
+    seed,
+    uploads,
+    webhooks,
+)
 from opendance.faces import metrics as metrics_face
 from opendance.faces.errors import install_error_handlers
 from opendance.faces.limits import KeyRateLimiter
 from opendance.media.safe_http import Resolver
 from opendance.media.storage import ResultStore, load_or_create_secret
+from opendance.media.uploads import sweep_uploads
 from opendance.observability.metrics import Metrics
 from opendance.observability.middleware import RequestContextMiddleware
 from opendance.settings import Settings
@@ -83,6 +95,7 @@ class Runtime:
             ),
             (60.0, self.registry.prune),
             (3600.0, self.service.sweep_idempotency_keys),
+            (3600.0, lambda: sweep_uploads(self.settings, self.clock.now())),
             *(extra_jobs or []),
         ]
         if settings.dispatch == "procrastinate":
@@ -223,8 +236,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(metrics_face.router)
     app.include_router(seed.router)
     app.include_router(webhooks.router)
+    app.include_router(events.router)
+    app.include_router(uploads.router)
+    app.include_router(account.router)
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(ark.router)
+    app.include_router(playground.router)  # last: it owns / and /static/{name}
     return app

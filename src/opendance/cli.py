@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from opendance.cli_client import register as register_client_commands
 from opendance.settings import DEFAULT_MODEL, Settings
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ keys_app = typer.Typer(
 ledger_app = typer.Typer(help="Check the credit ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+register_client_commands(app)
 console = Console()
 
 ConfigOption = Annotated[
@@ -39,6 +41,19 @@ def _setup_logging(settings: Settings) -> None:
     from opendance.observability.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
+
+
+def _run_draining(server_config: Any, runtime: Any) -> None:
+    """Run uvicorn, telling the runtime of a shutdown first: open event streams end (instead of
+    holding the graceful shutdown for its whole timeout) and /readyz turns 503."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            runtime.shutting_down = True
+            super().handle_exit(sig, frame)
+
+    DrainingServer(server_config).run()
 
 
 @app.command()
@@ -82,7 +97,7 @@ def serve(
         f"opendance on [bold]{settings.base_url}[/bold]  (docs: {settings.base_url}/docs, "
         f"data: {settings.data_dir}, workers: {settings.workers})"
     )
-    uvicorn.run(
+    server_config = uvicorn.Config(
         create_app(settings, runtime=runtime),
         host=settings.host,
         port=settings.port,
@@ -90,6 +105,7 @@ def serve(
         log_config=None,  # keep our handlers: request and task ids on every line
         timeout_graceful_shutdown=30,
     )
+    _run_draining(server_config, runtime)
 
 
 @app.command()

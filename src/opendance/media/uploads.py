@@ -35,3 +35,16 @@ def read_upload(settings: Settings, reference: str) -> Image:
             "image_fetch_failed", "the uploaded image is no longer stored"
         ) from None
     return decode_image(data, max_pixels=settings.image_max_pixels)[0]
+
+
+def sweep_uploads(settings: Settings, now: float) -> int:
+    """Delete uploads older than the result lifetime (a task that used one has ended by then)."""
+    folder = uploads_dir(settings)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        if path.is_file() and now - path.stat().st_mtime > settings.result_ttl_seconds:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

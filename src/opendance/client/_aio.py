@@ -1,0 +1,417 @@
+"""`opendance.AsyncClient`: the asyncio client of an opendance server (same API, awaited)."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import inspect
+import os
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+
+from opendance.client import _base
+from opendance.client._base import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT,
+    ProgressTracker,
+    SSEDecoder,
+    StreamBroken,
+    StreamUnavailable,
+)
+from opendance.client._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    OpenDanceError,
+    TaskNotCompletedError,
+    WaitTimeoutError,
+    error_from_response,
+)
+from opendance.client._models import Credits, FileObject, Task, TaskPage
+
+#: A plain function or a coroutine function; called once per status or progress change.
+AsyncProgressCallback = Callable[[Task], object]
+
+
+class AsyncTaskList:
+    """A page of tasks. `async for` yields every task of this page and the ones after it;
+    `pages()` yields the pages."""
+
+    def __init__(self, client: AsyncClient, page: TaskPage, limit: int) -> None:
+        self._client = client
+        self.page = page
+        self.limit = limit
+
+    @property
+    def data(self) -> builtins.list[Task]:
+        return self.page.data
+
+    @property
+    def has_more(self) -> bool:
+        return self.page.has_more
+
+    @property
+    def last_id(self) -> str | None:
+        return self.page.last_id
+
+    async def next_page(self) -> AsyncTaskList | None:
+        if not self.page.has_more or self.page.last_id is None:
+            return None
+        return await self._client.list(limit=self.limit, after=self.page.last_id)
+
+    async def pages(self) -> AsyncIterator[AsyncTaskList]:
+        page: AsyncTaskList | None = self
+        while page is not None:
+            yield page
+            page = await page.next_page()
+
+    async def __aiter__(self) -> AsyncIterator[Task]:
+        async for page in self.pages():
+            for task in page.data:
+                yield task
+
+    def __len__(self) -> int:
+        return len(self.page.data)
+
+
+class AsyncClient:
+    """The asyncio twin of `opendance.Client`: the same methods, to be awaited."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_model: str = DEFAULT_MODEL,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.api_key = _base.resolve_api_key(api_key)
+        self.base_url = _base.resolve_base_url(base_url)
+        self.max_retries = max(0, max_retries)
+        self.default_model = default_model
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        #: Replaced in tests to record waits instead of sleeping.
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.base_url + path
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"User-Agent": _base.USER_AGENT, "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(extra or {})
+        return headers
+
+    async def _send(
+        self,
+        build: Callable[[], httpx.Request],
+        *,
+        retry_after_sending: bool,
+        stream: bool = False,
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(build(), stream=stream)
+            except httpx.TransportError as error:
+                if attempt < self.max_retries and (
+                    _base.before_sending(error) or retry_after_sending
+                ):
+                    await self._sleep(_base.backoff(attempt))
+                    attempt += 1
+                    continue
+                if isinstance(error, httpx.TimeoutException):
+                    raise APITimeoutError(f"The request timed out: {error!r}") from error
+                raise APIConnectionError(f"Cannot reach {self.base_url}: {error!r}") from error
+            if response.is_success:
+                return response
+            delay = _base.status_delay(response, attempt) if attempt < self.max_retries else None
+            if delay is None:
+                await response.aread()
+                raise error_from_response(response)
+            await response.aclose()
+            await self._sleep(delay)
+            attempt += 1
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        retry_after_sending: bool = True,
+    ) -> Any:
+        def build() -> httpx.Request:
+            return self._http.build_request(
+                method, self._url(path), json=json, params=params, headers=self._headers()
+            )
+
+        response = await self._send(build, retry_after_sending=retry_after_sending)
+        try:
+            return response.json()
+        except ValueError:
+            raise OpenDanceError(
+                f"The server answered {method} {path} with a body that is not JSON.",
+                status=response.status_code,
+            ) from None
+
+    # ------------------------------------------------------------------ the API
+
+    async def create(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        duration: int | None = None,
+        quality: str | None = None,
+        aspect_ratio: str | None = None,
+        image: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        callback_url: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Task:
+        """Create a task (see `Client.create`)."""
+        image_url: str | None = None
+        if image is not None:
+            image_url = str(image) if _base.is_reference(image) else await self.upload(image)
+        body = _base.create_body(
+            prompt,
+            model=model or self.default_model,
+            duration=duration,
+            quality=quality,
+            aspect_ratio=aspect_ratio,
+            image_url=image_url,
+            seed=seed,
+            callback_url=callback_url,
+            extra_body=extra_body,
+        )
+        data = await self._json(
+            "POST", "/v1/videos/generations", json=body, retry_after_sending=False
+        )
+        return Task.model_validate(data)
+
+    async def get(self, task_id: str) -> Task:
+        return Task.model_validate(await self._json("GET", f"/v1/tasks/{task_id}"))
+
+    async def list(self, *, limit: int = 20, after: str | None = None) -> AsyncTaskList:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        page = TaskPage.model_validate(await self._json("GET", "/v1/tasks", params=params))
+        return AsyncTaskList(self, page, limit)
+
+    async def cancel(self, task_id: str) -> Task:
+        return Task.model_validate(
+            await self._json("POST", f"/v1/tasks/{task_id}/cancel", retry_after_sending=False)
+        )
+
+    async def credits(self) -> Credits:
+        return Credits.model_validate(await self._json("GET", "/v1/credits"))
+
+    async def upload_file(self, path: str | os.PathLike[str]) -> FileObject:
+        name, content = await anyio.to_thread.run_sync(_base.read_image, path)
+
+        def build() -> httpx.Request:
+            return self._http.build_request(
+                "POST",
+                self._url("/v1/files"),
+                files={"file": (name, content)},
+                data={"purpose": "image"},
+                headers=self._headers(),
+            )
+
+        response = await self._send(build, retry_after_sending=True)
+        return FileObject.model_validate(response.json())
+
+    async def upload(self, path: str | os.PathLike[str]) -> str:
+        return (await self.upload_file(path)).id
+
+    async def events(
+        self, task: str | Task, *, timeout: float | None = None
+    ) -> AsyncGenerator[Task, None]:
+        """The task's live events over one connection (see `Client.events`)."""
+        task_id = _base.task_id_of(task)
+        request = self._http.build_request(
+            "GET",
+            self._url(f"/v1/tasks/{task_id}/events"),
+            headers=self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"}),
+            timeout=_base.stream_timeout(timeout),
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as error:
+            raise APIConnectionError(f"Cannot reach {self.base_url}: {error!r}") from error
+        try:
+            content_type = response.headers.get("content-type", "")
+            if response.status_code != 200:
+                await response.aread()
+                failure = error_from_response(response)
+                if _base.stream_unavailable(failure.status or 0, failure.code, content_type):
+                    raise StreamUnavailable(str(failure))
+                if failure.status in _base.RETRY_STATUSES or (failure.status or 0) >= 500:
+                    raise StreamBroken(str(failure))
+                raise failure
+            if _base.stream_unavailable(200, None, content_type):
+                raise StreamUnavailable(f"not an event stream: {content_type}")
+            decoder = SSEDecoder()
+            async for line in response.aiter_lines():
+                event = decoder.feed(line)
+                if event is not None and event.event == "task":
+                    yield Task.model_validate_json(event.data)
+        finally:
+            await response.aclose()
+
+    async def _report(self, on_progress: AsyncProgressCallback | None, task: Task) -> None:
+        if on_progress is None:
+            return
+        result = on_progress(task)
+        if inspect.isawaitable(result):
+            await result
+
+    async def wait(
+        self,
+        task: str | Task,
+        *,
+        on_progress: AsyncProgressCallback | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        stream: bool = True,
+    ) -> Task:
+        """Until the task ends (see `Client.wait`); `on_progress` may be a coroutine function."""
+        task_id = _base.task_id_of(task)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tracker = ProgressTracker(on_progress)
+        streaming = stream
+        failures = 0
+
+        async def seen(current: Task) -> bool:
+            if tracker.changed(current):
+                await self._report(on_progress, current)
+            return current.done
+
+        def check_deadline() -> float | None:
+            left = _base.remaining(deadline)
+            if left is not None and left <= 0:
+                raise WaitTimeoutError(
+                    f"Task {task_id} did not end within {timeout} s.", task=tracker.latest
+                )
+            return left
+
+        while True:
+            left = check_deadline()
+            if not streaming:
+                current = await self.get(task_id)
+                if await seen(current):
+                    return current
+                check_deadline()
+                await self._sleep(
+                    poll_interval if left is None else max(0.0, min(poll_interval, left))
+                )
+                continue
+            got_event = False
+            try:
+                async with contextlib.aclosing(self.events(task_id, timeout=left)) as events:
+                    async for current in events:
+                        got_event = True
+                        if await seen(current):
+                            return current
+                        check_deadline()
+            except StreamUnavailable:
+                streaming = False
+            except (StreamBroken, APIConnectionError, httpx.TransportError):
+                pass
+            failures = 0 if got_event else failures + 1
+            if failures >= _base.MAX_STREAM_FAILURES:
+                streaming = False
+            check_deadline()
+            current = await self.get(task_id)
+            if await seen(current):
+                return current
+            if failures:
+                left = check_deadline()
+                pause = _base.backoff(failures - 1)
+                await self._sleep(pause if left is None else max(0.0, min(pause, left)))
+
+    async def download(self, task: str | Task, path: str | os.PathLike[str]) -> Path:
+        """Stream the task's video to `path` (see `Client.download`)."""
+        current = (
+            task
+            if isinstance(task, Task) and task.results
+            else await self.get(_base.task_id_of(task))
+        )
+        url = current.video_url
+        if current.status != "completed" or url is None:
+            raise TaskNotCompletedError(
+                f"Task {current.id} has no video to download (it is {current.status}"
+                + (", and its result expired)" if current.status == "completed" else ")")
+            )
+        target = Path(path).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+
+        def build() -> httpx.Request:
+            return self._http.build_request(
+                "GET", self._url(url), headers={"User-Agent": _base.USER_AGENT}
+            )
+
+        try:
+            response = await self._send(build, retry_after_sending=True, stream=True)
+            try:
+                async with await anyio.open_file(temp, "wb") as out:
+                    async for chunk in response.aiter_bytes(1 << 16):
+                        await out.write(chunk)
+            finally:
+                await response.aclose()
+            os.replace(temp, target)
+        except httpx.TransportError as error:
+            raise APIConnectionError(f"The download of {current.id} broke: {error!r}") from error
+        finally:
+            temp.unlink(missing_ok=True)
+        return target
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        on_progress: AsyncProgressCallback | None = None,
+        timeout: float | None = None,
+        **create: Any,
+    ) -> Task:
+        """Create, wait, and (with `output`) download."""
+        task = await self.create(prompt, **create)
+        done = await self.wait(task, on_progress=on_progress, timeout=timeout)
+        if output is not None and done.status == "completed":
+            await self.download(done, output)
+        return done

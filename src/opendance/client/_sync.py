@@ -1,0 +1,416 @@
+"""`opendance.Client`: the blocking Python client of an opendance server."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from opendance.client import _base
+from opendance.client._base import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT,
+    ProgressTracker,
+    SSEDecoder,
+    StreamBroken,
+    StreamUnavailable,
+)
+from opendance.client._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    OpenDanceError,
+    TaskNotCompletedError,
+    WaitTimeoutError,
+    error_from_response,
+)
+from opendance.client._models import Credits, FileObject, Task, TaskPage
+
+ProgressCallback = Callable[[Task], object]
+
+
+class TaskList:
+    """A page of tasks (newest first). Iterating yields every task of this page and the pages
+    after it, fetched as needed; `pages()` yields the pages themselves."""
+
+    def __init__(self, client: Client, page: TaskPage, limit: int) -> None:
+        self._client = client
+        self.page = page
+        self.limit = limit
+
+    @property
+    def data(self) -> builtins.list[Task]:
+        return self.page.data
+
+    @property
+    def has_more(self) -> bool:
+        return self.page.has_more
+
+    @property
+    def last_id(self) -> str | None:
+        return self.page.last_id
+
+    def next_page(self) -> TaskList | None:
+        if not self.page.has_more or self.page.last_id is None:
+            return None
+        return self._client.list(limit=self.limit, after=self.page.last_id)
+
+    def pages(self) -> Iterator[TaskList]:
+        page: TaskList | None = self
+        while page is not None:
+            yield page
+            page = page.next_page()
+
+    def __iter__(self) -> Iterator[Task]:
+        for page in self.pages():
+            yield from page.data
+
+    def __len__(self) -> int:
+        return len(self.page.data)
+
+
+class Client:
+    """A client of an opendance server (the Seedance task API, plus opendance's extensions).
+
+    `api_key` defaults to `OPENDANCE_KEY`, `base_url` to `OPENDANCE_BASE_URL` (else
+    http://127.0.0.1:8000). Rate limits (429) and busy servers (503) are retried up to
+    `max_retries` times, waiting what `Retry-After` asks; so are requests that never reached
+    the server. Reads are also retried after a timeout; a create is not (it may exist).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_model: str = DEFAULT_MODEL,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self.api_key = _base.resolve_api_key(api_key)
+        self.base_url = _base.resolve_base_url(base_url)
+        self.max_retries = max(0, max_retries)
+        self.default_model = default_model
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self._timeout = timeout
+        #: Replaced in tests to record waits instead of sleeping.
+        self._sleep: Callable[[float], None] = time.sleep
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.base_url + path
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"User-Agent": _base.USER_AGENT, "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(extra or {})
+        return headers
+
+    def _send(
+        self,
+        build: Callable[[], httpx.Request],
+        *,
+        retry_after_sending: bool,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send with the retry rules; an error status raises its exception."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(build(), stream=stream)
+            except httpx.TransportError as error:
+                if attempt < self.max_retries and (
+                    _base.before_sending(error) or retry_after_sending
+                ):
+                    self._sleep(_base.backoff(attempt))
+                    attempt += 1
+                    continue
+                if isinstance(error, httpx.TimeoutException):
+                    raise APITimeoutError(f"The request timed out: {error!r}") from error
+                raise APIConnectionError(f"Cannot reach {self.base_url}: {error!r}") from error
+            if response.is_success:
+                return response
+            delay = _base.status_delay(response, attempt) if attempt < self.max_retries else None
+            if delay is None:
+                raise error_from_response(response)
+            response.close()
+            self._sleep(delay)
+            attempt += 1
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        retry_after_sending: bool = True,
+    ) -> Any:
+        def build() -> httpx.Request:
+            return self._http.build_request(
+                method, self._url(path), json=json, params=params, headers=self._headers()
+            )
+
+        response = self._send(build, retry_after_sending=retry_after_sending)
+        try:
+            return response.json()
+        except ValueError:
+            raise OpenDanceError(
+                f"The server answered {method} {path} with a body that is not JSON.",
+                status=response.status_code,
+            ) from None
+
+    # ------------------------------------------------------------------ the API
+
+    def create(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        duration: int | None = None,
+        quality: str | None = None,
+        aspect_ratio: str | None = None,
+        image: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        callback_url: str | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Task:
+        """Create a task. `image` is the first frame: an http(s) URL, an `upload:` id, or a
+        local file (uploaded first). Fields left at None take the server's defaults."""
+        image_url: str | None = None
+        if image is not None:
+            image_url = str(image) if _base.is_reference(image) else self.upload(image)
+        body = _base.create_body(
+            prompt,
+            model=model or self.default_model,
+            duration=duration,
+            quality=quality,
+            aspect_ratio=aspect_ratio,
+            image_url=image_url,
+            seed=seed,
+            callback_url=callback_url,
+            extra_body=extra_body,
+        )
+        data = self._json("POST", "/v1/videos/generations", json=body, retry_after_sending=False)
+        return Task.model_validate(data)
+
+    def get(self, task_id: str) -> Task:
+        return Task.model_validate(self._json("GET", f"/v1/tasks/{task_id}"))
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> TaskList:
+        """The key's tasks, newest first: one page, iterable across all of them."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        page = TaskPage.model_validate(self._json("GET", "/v1/tasks", params=params))
+        return TaskList(self, page, limit)
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a pending or processing task (ConflictError if it already ended)."""
+        return Task.model_validate(
+            self._json("POST", f"/v1/tasks/{task_id}/cancel", retry_after_sending=False)
+        )
+
+    def credits(self) -> Credits:
+        return Credits.model_validate(self._json("GET", "/v1/credits"))
+
+    def upload_file(self, path: str | os.PathLike[str]) -> FileObject:
+        """Upload a local image (JPEG, PNG, WebP) for `image_urls`."""
+        name, content = _base.read_image(path)
+
+        def build() -> httpx.Request:
+            return self._http.build_request(
+                "POST",
+                self._url("/v1/files"),
+                files={"file": (name, content)},
+                data={"purpose": "image"},
+                headers=self._headers(),
+            )
+
+        response = self._send(build, retry_after_sending=True)
+        return FileObject.model_validate(response.json())
+
+    def upload(self, path: str | os.PathLike[str]) -> str:
+        """Upload a local image; returns the reference (`upload:<name>`) for `image_urls`."""
+        return self.upload_file(path).id
+
+    def events(self, task: str | Task, *, timeout: float | None = None) -> Iterator[Task]:
+        """The task's live events: one Task per status or progress change, until it ends or
+        the connection does. One connection, no retry (`wait` resumes cut streams)."""
+        task_id = _base.task_id_of(task)
+        request = self._http.build_request(
+            "GET",
+            self._url(f"/v1/tasks/{task_id}/events"),
+            headers=self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"}),
+            timeout=_base.stream_timeout(timeout),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as error:
+            raise APIConnectionError(f"Cannot reach {self.base_url}: {error!r}") from error
+        try:
+            content_type = response.headers.get("content-type", "")
+            if response.status_code != 200:
+                failure = error_from_response(response)
+                if _base.stream_unavailable(failure.status or 0, failure.code, content_type):
+                    raise StreamUnavailable(str(failure))
+                if failure.status in _base.RETRY_STATUSES or (failure.status or 0) >= 500:
+                    raise StreamBroken(str(failure))
+                raise failure
+            if _base.stream_unavailable(200, None, content_type):
+                raise StreamUnavailable(f"not an event stream: {content_type}")
+            decoder = SSEDecoder()
+            for line in response.iter_lines():
+                event = decoder.feed(line)
+                if event is not None and event.event == "task":
+                    yield Task.model_validate_json(event.data)
+        finally:
+            response.close()
+
+    def wait(
+        self,
+        task: str | Task,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        stream: bool = True,
+    ) -> Task:
+        """Block until the task ends; returns it (completed, failed or cancelled).
+
+        Follows the event stream; if the stream is cut, reads the task and resumes it; if the
+        server has no stream (or it keeps breaking), polls every `poll_interval` seconds.
+        `on_progress(task)` is called once per status or progress change. Past `timeout`
+        seconds: WaitTimeoutError (the task goes on).
+        """
+        task_id = _base.task_id_of(task)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tracker = ProgressTracker(on_progress)
+        streaming = stream
+        failures = 0
+
+        def seen(current: Task) -> bool:
+            if tracker.changed(current) and on_progress is not None:
+                on_progress(current)
+            return current.done
+
+        def check_deadline() -> float | None:
+            left = _base.remaining(deadline)
+            if left is not None and left <= 0:
+                raise WaitTimeoutError(
+                    f"Task {task_id} did not end within {timeout} s.", task=tracker.latest
+                )
+            return left
+
+        while True:
+            left = check_deadline()
+            if not streaming:
+                if seen(self.get(task_id)):
+                    assert tracker.latest is not None
+                    return tracker.latest
+                check_deadline()
+                self._sleep(poll_interval if left is None else max(0.0, min(poll_interval, left)))
+                continue
+            got_event = False
+            try:
+                for current in self.events(task_id, timeout=left):
+                    got_event = True
+                    if seen(current):
+                        return current
+                    check_deadline()
+            except StreamUnavailable:
+                streaming = False
+            except (StreamBroken, APIConnectionError, httpx.TransportError):
+                pass  # cut mid-way, a read timeout, a restart: resume below
+            failures = 0 if got_event else failures + 1
+            if failures >= _base.MAX_STREAM_FAILURES:
+                streaming = False
+            # Whatever happened while no stream was open is read now, then the stream resumes.
+            check_deadline()
+            if seen(self.get(task_id)):
+                assert tracker.latest is not None
+                return tracker.latest
+            if failures:
+                left = check_deadline()
+                pause = _base.backoff(failures - 1)
+                self._sleep(pause if left is None else max(0.0, min(pause, left)))
+
+    def download(self, task: str | Task, path: str | os.PathLike[str]) -> Path:
+        """Stream the task's video to `path` (written whole or not at all); returns the path."""
+        current = (
+            task if isinstance(task, Task) and task.results else self.get(_base.task_id_of(task))
+        )
+        url = current.video_url
+        if current.status != "completed" or url is None:
+            raise TaskNotCompletedError(
+                f"Task {current.id} has no video to download (it is {current.status}"
+                + (", and its result expired)" if current.status == "completed" else ")")
+            )
+        target = Path(path).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+
+        def build() -> httpx.Request:
+            # Signed URL: the API key is not sent (the URL may point at another host).
+            return self._http.build_request(
+                "GET", self._url(url), headers={"User-Agent": _base.USER_AGENT}
+            )
+
+        try:
+            response = self._send(build, retry_after_sending=True, stream=True)
+            try:
+                with temp.open("wb") as out:
+                    for chunk in response.iter_bytes(1 << 16):
+                        out.write(chunk)
+            finally:
+                response.close()
+            os.replace(temp, target)
+        except httpx.TransportError as error:
+            raise APIConnectionError(f"The download of {current.id} broke: {error!r}") from error
+        finally:
+            temp.unlink(missing_ok=True)
+        return target
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        **create: Any,
+    ) -> Task:
+        """Create, wait, and (with `output`) download: the whole round trip in one call."""
+        task = self.create(prompt, **create)
+        done = self.wait(task, on_progress=on_progress, timeout=timeout)
+        if output is not None and done.status == "completed":
+            self.download(done, output)
+        return done
