@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+
 from server_process import ServerProcess
 
 pytestmark = pytest.mark.slow

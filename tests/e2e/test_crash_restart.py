@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
