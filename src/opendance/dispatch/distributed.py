@@ -106,8 +106,12 @@ class JobDeferrer:
             )
 
     def redefer_pending(self) -> None:
-        """Offer every pending task again (a lost defer is found here; waiting ones are kept)."""
-        for task_id, model in self.service.pending_task_ids():
+        """Offer pending tasks again (a lost defer is found here; waiting jobs are kept).
+
+        Only tasks left pending for a while: a fresh one has its job, and re-offering it while
+        a worker takes that job would only make a duplicate (harmless, but wasted).
+        """
+        for task_id, model in self.service.pending_task_ids(quiet_for=10.0):
             self.defer(task_id, model)
 
 

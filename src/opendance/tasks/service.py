@@ -489,12 +489,15 @@ class TaskService:
             engine_state=row.engine_state,
         )
 
-    def pending_task_ids(self, limit: int = 1000) -> list[tuple[str, str]]:
-        """(task id, model) of pending tasks, oldest first (for re-enqueueing)."""
+    def pending_task_ids(self, limit: int = 1000, quiet_for: float = 0.0) -> list[tuple[str, str]]:
+        """(task id, model) of tasks pending, unchanged for `quiet_for` s, oldest first."""
         with self.db.read() as session:
             rows = session.execute(
                 select(Task.id, Task.requested_model)
-                .where(Task.status == Status.PENDING)
+                .where(
+                    Task.status == Status.PENDING,
+                    Task.updated_at <= self.clock.now() - quiet_for,
+                )
                 .order_by(Task.created_seq)
                 .limit(limit)
             ).all()

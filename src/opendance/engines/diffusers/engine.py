@@ -1,0 +1,554 @@
+"""The `diffusers` engine: an open-weight video model, loaded once and kept on its GPU.
+
+`start()` loads the pipeline the way a user would (`from_pretrained` on a hub id or a local
+folder), places it, applies the speed settings and warms up the configured sizes, so the first
+user's request runs at full speed. `generate()` runs one job at a time (a lock: one model, one
+GPU), reports progress after every denoising step and stops at the next step when the task is
+cancelled: the cancel raises out of the step callback, so the VAE decode never runs and the
+tensors are freed before `generate` returns.
+
+torch and diffusers are imported only inside `start()` and the calls after it, so the server
+imports this module (and runs every other engine) without them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from opendance.engines.base import (
+    Engine,
+    EngineContext,
+    EngineError,
+    EngineResult,
+    TaskCancelled,
+    VideoJob,
+    VideoPlan,
+    VideoRequest,
+)
+from opendance.engines.diffusers.cfg import BatchedCfg
+from opendance.engines.diffusers.family import (
+    FamilyAdapter,
+    PlannedShape,
+    plan_video,
+    rules_from_pipeline,
+)
+from opendance.engines.diffusers.ltx import LTXAdapter
+from opendance.engines.diffusers.options import DiffusersOptions, WarmupSize
+from opendance.engines.diffusers.video import _write_mp4, frames_to_yuv420
+from opendance.engines.diffusers.wan import Wan21Adapter, Wan22TI2VAdapter
+
+log = logging.getLogger(__name__)
+
+ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "wan21": Wan21Adapter,
+    "wan22_ti2v": Wan22TI2VAdapter,
+    "ltx": LTXAdapter,
+}
+
+#: Share of the progress bar given to denoising; decoding and writing finish the rest.
+DENOISE_SHARE = 0.95
+
+# Starting guesses for the time estimate (transformer matmul FLOP/s reached, overheads included),
+# replaced by what the engine measures on its jobs.
+DEFAULT_RATE = {"cuda": 2.5e14, "cpu": 5e10}
+
+
+def detect_family(model_index: Mapping[str, Any]) -> str:
+    """The family of a pipeline from its `model_index.json`."""
+    class_name = str(model_index.get("_class_name", ""))
+    if class_name in ("WanPipeline", "WanImageToVideoPipeline"):
+        return "wan22_ti2v" if model_index.get("expand_timesteps") else "wan21"
+    if class_name in ("LTXPipeline", "LTXImageToVideoPipeline"):
+        return "ltx"
+    raise EngineError(
+        "unsupported_model",
+        f"no adapter for the pipeline class {class_name or '(none)'}; set `family` or use a "
+        "Wan 2.1, Wan 2.2 TI2V or LTX-Video model",
+    )
+
+
+def _require_heavy() -> tuple[Any, Any]:
+    try:
+        import diffusers
+        import torch
+    except ImportError as exc:
+        raise EngineError(
+            "engine_unavailable",
+            f"the diffusers engine needs torch and diffusers ({exc}): install opendance[gpu]",
+        ) from exc
+    return torch, diffusers
+
+
+_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+class DiffusersEngine(Engine):
+    """Runs one diffusers video pipeline (Wan 2.1, Wan 2.2 TI2V-5B or LTX-Video)."""
+
+    kind = "diffusers"
+
+    def __init__(
+        self, options: DiffusersOptions | Mapping[str, Any], *, pipeline: Any = None
+    ) -> None:
+        """`pipeline`: an already-built pipeline to serve instead of loading `options.model`
+        (the benchmark uses it to run the plain pipeline and the engine on the same weights)."""
+        self.options = (
+            options
+            if isinstance(options, DiffusersOptions)
+            else DiffusersOptions.model_validate(options)
+        )
+        self._given_pipeline = pipeline
+        self._lock = threading.Lock()
+        self._model_index: dict[str, Any] | None = None
+        self._adapter: FamilyAdapter | None = None
+        self._pipes: dict[str, Any] = {}
+        self._device: Any = None
+        self._batched_cfg: list[BatchedCfg] = []
+        self._prompt_cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self._rate: float | None = None
+        #: The speed settings really in effect after `start()` (some may be skipped here).
+        self.applied: dict[str, Any] = {}
+
+    # -- what the model is and what it makes ------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        if self.options.reported_model:
+            return self.options.reported_model
+        return self.options.model.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def adapter(self) -> FamilyAdapter:
+        if self._adapter is None:
+            family: str = self.options.family
+            if family == "auto":
+                family = detect_family(self._read_model_index())
+            self._adapter = ADAPTERS[family]()
+        return self._adapter
+
+    def plan(self, request: VideoRequest, image_size: tuple[int, int] | None = None) -> VideoPlan:
+        self._check_task(request.has_image)
+        shape = self._shape(request, image_size)
+        return VideoPlan(shape.width, shape.height, shape.fps, shape.frames, self.model_name)
+
+    def _shape(self, request: VideoRequest, image_size: tuple[int, int] | None) -> PlannedShape:
+        return plan_video(
+            self.adapter.rules,
+            request,
+            image_size,
+            max_quality=self.options.max_quality,
+            max_frames=self.options.max_frames,
+            size_override=self.options.size_override,
+        )
+
+    def _check_task(self, has_image: bool) -> None:
+        adapter = self.adapter
+        if self._pipes:
+            can_t2v, can_i2v = "t2v" in self._pipes, "i2v" in self._pipes
+        else:
+            base = str(self._read_model_index().get("_class_name", adapter.t2v_class))
+            can_t2v = base == adapter.t2v_class or adapter.derivable
+            can_i2v = base == adapter.i2v_class or adapter.derivable
+        adapter.check_request(has_image, can_t2v, can_i2v)
+
+    def _read_model_index(self) -> dict[str, Any]:
+        """The pipeline's `model_index.json`: from the loaded pipeline, the local folder, or the
+        hub cache (a download only where the hub is reachable)."""
+        if self._model_index is not None:
+            return self._model_index
+        if self._given_pipeline is not None:
+            config = dict(self._given_pipeline.config)
+            config["_class_name"] = type(self._given_pipeline).__name__
+            self._model_index = config
+            return config
+        folder = Path(self.options.model).expanduser()
+        if folder.is_dir():
+            path = folder / "model_index.json"
+        else:
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(self.options.model, "model_index.json"))
+            except Exception as exc:
+                raise EngineError(
+                    "model_not_found",
+                    f"cannot read model_index.json of {self.options.model}: {exc}",
+                ) from exc
+        try:
+            self._model_index = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EngineError("model_not_found", f"cannot read {path}: {exc}") from exc
+        return self._model_index
+
+    def estimate_seconds(self, plan: VideoPlan) -> float:
+        """From the transformer's FLOPs for this shape at the rate measured on earlier jobs."""
+        device = self._device.type if self._device is not None else "cuda"
+        pipe = next(iter(self._pipes.values()), None)
+        if pipe is None:
+            return 60.0 if device == "cuda" else 30.0
+        steps, guidance = self._steps_and_guidance()
+        shape = PlannedShape(plan.width, plan.height, plan.fps, plan.frames)
+        flops = self.adapter.flops_per_step(pipe.transformer.config, shape, guidance > 1) * steps
+        rate = self._rate or DEFAULT_RATE.get(device, DEFAULT_RATE["cpu"])
+        return flops / rate
+
+    def _steps_and_guidance(self) -> tuple[int, float]:
+        rules = self.adapter.rules
+        steps = self.options.num_inference_steps or rules.default_steps
+        guidance = self.options.guidance_scale
+        return steps, rules.default_guidance if guidance is None else guidance
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        torch, _ = _require_heavy()
+        opts = self.options
+        device = self._resolve_device(torch)
+        dtype = getattr(torch, _DTYPES[opts.dtype]) if opts.dtype != "auto" else None
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        vae_dtype = torch.float32 if opts.vae_dtype == "auto" else getattr(torch, opts.vae_dtype)
+
+        pipe = self._given_pipeline
+        if pipe is None:
+            pipe = self._load(torch, dtype, vae_dtype)
+        self._model_index = None
+        self._given_pipeline = pipe
+        self._read_model_index()
+        self._device = device
+        self._place(torch, pipe, device)
+        pipe.set_progress_bar_config(disable=True)
+
+        adapter = self.adapter
+        self._adapter = adapter = adapter.with_rules(rules_from_pipeline(adapter.rules, pipe))
+        self._pipes = self._build_pipelines(pipe, adapter)
+        self._apply_speed(torch, pipe, device)
+        if device.type == "cuda":
+            # Conv algorithms tuned per shape: the VAE's 3-D convolutions run at fixed sizes.
+            torch.backends.cudnn.benchmark = True
+        self._warm_up()
+
+    def _resolve_device(self, torch: Any) -> Any:
+        requested = self.options.device
+        if requested == "auto":
+            requested = "cuda" if torch.cuda.is_available() else "cpu"
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError("engine_unavailable", "device cuda requested but no CUDA GPU found")
+        return torch.device(requested)
+
+    def _load(self, torch: Any, dtype: Any, vae_dtype: Any) -> Any:
+        import diffusers
+
+        pipeline_class: Any = diffusers.DiffusionPipeline
+        dtypes = {"default": dtype, "vae": vae_dtype}
+        major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
+        key = "dtype" if (major, minor) >= (0, 42) else "torch_dtype"
+        log.info("loading %s (%s, VAE %s)", self.options.model, dtype, vae_dtype)
+        try:
+            return pipeline_class.from_pretrained(self.options.model, **{key: dtypes})
+        except (OSError, ValueError) as exc:
+            raise EngineError(
+                "model_load_failed", f"cannot load {self.options.model}: {exc}"
+            ) from exc
+
+    def _place(self, torch: Any, pipe: Any, device: Any) -> None:
+        offload = self.options.offload
+        if device.type != "cuda" or offload == "none":
+            if offload != "none":
+                log.info("offload=%s ignored on %s", offload, device)
+            pipe.to(device)
+        elif offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            import importlib
+
+            hooks: Any = importlib.import_module("diffusers.hooks")
+            for name, component in pipe.components.items():
+                if isinstance(component, torch.nn.Module) and name != "text_encoder":
+                    component.to(device)
+            hooks.apply_group_offloading(
+                pipe.text_encoder,
+                onload_device=device,
+                offload_device=torch.device("cpu"),
+                offload_type="leaf_level",
+                use_stream=True,
+            )
+        self.applied["offload"] = offload if device.type == "cuda" else "none"
+
+    def _build_pipelines(self, pipe: Any, adapter: FamilyAdapter) -> dict[str, Any]:
+        """The text- and image-to-video pipelines this model can run, sharing its modules."""
+        base = type(pipe).__name__
+        if base == adapter.t2v_class:
+            pipes = {"t2v": pipe}
+            if adapter.derivable:
+                pipes["i2v"] = self._derive(pipe, adapter.i2v_class, adapter)
+        elif base == adapter.i2v_class:
+            pipes = {"i2v": pipe}
+            if adapter.derivable:
+                pipes["t2v"] = self._derive(pipe, adapter.t2v_class, adapter)
+        else:
+            raise EngineError("unsupported_model", f"{base} is not a {adapter.name} pipeline class")
+        return pipes
+
+    @staticmethod
+    def _derive(pipe: Any, class_name: str, adapter: FamilyAdapter) -> Any:
+        """Build another pipeline class on the same modules. Unlike `from_pipe`, this never
+        casts the shared modules (from_pipe casts every module to one dtype)."""
+        import inspect
+
+        import diffusers
+
+        cls = getattr(diffusers, class_name)
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {name: module for name, module in pipe.components.items() if name in accepted}
+        for name, value in adapter.derived_config(dict(pipe.config)).items():
+            if name in accepted:
+                kwargs[name] = value
+        derived = cls(**kwargs)
+        derived.set_progress_bar_config(disable=True)
+        return derived
+
+    def _apply_speed(self, torch: Any, pipe: Any, device: Any) -> None:
+        from opendance.engines.diffusers import speed
+
+        opts = self.options
+        transformers = [
+            module
+            for module in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+            if module is not None
+        ]
+        self.applied["attention_backend"] = speed.set_attention_backend(
+            transformers, opts.attention_backend, device
+        )
+        self.applied["fp8"] = bool(opts.fp8) and all(
+            speed.quantize_fp8(transformer, device) for transformer in transformers
+        )
+        if opts.cache == "first_block":
+            for transformer in transformers:
+                speed.enable_first_block_cache(transformer, opts.cache_threshold)
+        self.applied["cache"] = opts.cache
+        compile_blocks = opts.compile if opts.compile is not None else device.type == "cuda"
+        if compile_blocks:
+            for transformer in transformers:
+                speed.compile_blocks(transformer, fullgraph=opts.cache == "none")
+        self.applied["compile"] = compile_blocks
+        if opts.vae_tiling:
+            pipe.vae.enable_tiling()
+        self.applied["vae_tiling"] = opts.vae_tiling
+        # LTX pipelines batch guidance themselves; Wan's run the two passes in turn.
+        self._batched_cfg = (
+            [BatchedCfg(transformer) for transformer in transformers]
+            if opts.batch_cfg and isinstance(self.adapter, Wan21Adapter)
+            else []
+        )
+        self.applied["batch_cfg"] = bool(self._batched_cfg)
+        log.info("%s ready on %s: %s", self.model_name, device, self.applied)
+
+    def _warm_up(self) -> None:
+        """Run each warm-up shape once with two steps (compiles, tunes convolutions)."""
+        sizes = self.options.warmup
+        if sizes is None:
+            sizes = [WarmupSize(quality="1080p", image="t2v" not in self._pipes)]
+            if not self.applied.get("compile"):
+                sizes = []
+        for size in sizes:
+            if size.image and "i2v" not in self._pipes:
+                continue
+            request = VideoRequest(
+                prompt="warm-up",
+                duration=size.duration,
+                quality=size.quality,
+                aspect_ratio=size.aspect_ratio,
+                seed=0,
+                has_image=size.image,
+            )
+            shape = self._shape(request, None)
+            job = _job_for(request, shape, "warm-up")
+            started = time.perf_counter()
+            self._run(job, None, steps=2)
+            log.info(
+                "warmed up %dx%dx%d in %.1f s",
+                shape.width,
+                shape.height,
+                shape.frames,
+                time.perf_counter() - started,
+            )
+
+    # -- making videos ----------------------------------------------------------------------
+
+    def generate(self, job: VideoJob, ctx: EngineContext) -> EngineResult:
+        if not self._pipes:
+            raise EngineError("engine_not_started", "the diffusers engine has not been started")
+        with self._lock:
+            ctx.check_cancel()
+            frames, seed, steps, seconds = self._run(job, ctx)
+            path = _write_mp4(frames, ctx.work_dir / f"{job.task_id}.mp4", job.fps)
+            height, width = frames[0].y.shape
+            return EngineResult(
+                path=path,
+                width=int(width),
+                height=int(height),
+                fps=job.fps,
+                frames=len(frames),
+                model=self.model_name,
+                usage={"seed": seed, "steps": steps, "inference_seconds": round(seconds, 3)},
+            )
+
+    def _run(
+        self, job: VideoJob, ctx: EngineContext | None, *, steps: int | None = None
+    ) -> tuple[Any, int, int, float]:
+        """Denoise, decode and quantise one job; returns (frames, seed, steps, seconds)."""
+        import torch
+
+        adapter = self.adapter
+        task = "i2v" if job.image is not None else "t2v"
+        self._check_task(task == "i2v")
+        pipe = self._pipes[task]
+        default_steps, guidance = self._steps_and_guidance()
+        steps = steps or default_steps
+        seed = job.seed if job.seed is not None and job.seed >= 0 else secrets.randbelow(2**31)
+        generator = torch.Generator(device=self._device).manual_seed(seed)
+
+        started = time.perf_counter()
+        with torch.no_grad():
+            positive = self._embed(pipe, job.prompt)
+            negative = None
+            if guidance > 1:
+                text = self.options.negative_prompt
+                if text is None:
+                    text = adapter.rules.default_negative_prompt
+                negative = self._embed(pipe, text)
+        kwargs = adapter.call_kwargs(pipe, job, steps, guidance)
+        kwargs.update(adapter.embedding_kwargs(positive, negative))
+        kwargs.update(
+            generator=generator,
+            output_type="pt",
+            return_dict=False,
+            callback_on_step_end=self._step_callback(ctx, steps),
+        )
+
+        failure: BaseException | None = None
+        frames: Any = None
+        try:
+            with ExitStack() as stack:
+                if negative is not None:
+                    for batched in self._batched_cfg:
+                        stack.enter_context(batched.active(positive[0], negative[0]))
+                video = pipe(**kwargs)[0]
+                frames = frames_to_yuv420(video)
+                del video
+        except TaskCancelled as exc:
+            failure = TaskCancelled(str(exc))
+        except torch.OutOfMemoryError as exc:
+            failure = EngineError(
+                "gpu_out_of_memory", f"{job.width}x{job.height}x{job.frames} does not fit: {exc}"
+            )
+        except Exception as exc:
+            log.exception("generation of %s failed", job.task_id)
+            failure = EngineError("generation_failed", f"{type(exc).__name__}: {exc}")
+        # Raised here, outside the except blocks, as a new exception without the old traceback:
+        # the pipeline's frames (and the GPU tensors they hold) are released before the worker
+        # sees it.
+        if failure is not None:
+            self._reset_after_failure(pipe)
+            raise failure
+        seconds = time.perf_counter() - started
+        if ctx is not None:
+            self._calibrate(job, steps, guidance > 1, seconds)
+        return frames, seed, steps, seconds
+
+    def _step_callback(
+        self, ctx: EngineContext | None, steps: int
+    ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+        device = self._device
+
+        def on_step_end(
+            pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            if device.type == "cuda":
+                import torch
+
+                # Progress and cancel follow the GPU, not the CPU queueing steps ahead of it.
+                torch.cuda.current_stream(device).synchronize()
+            if ctx is not None:
+                ctx.report_progress(DENOISE_SHARE * (step + 1) / steps)
+            return {}
+
+        return on_step_end
+
+    def _embed(self, pipe: Any, text: str) -> tuple[Any, Any]:
+        cached = self._prompt_cache.get(text)
+        if cached is not None:
+            self._prompt_cache.move_to_end(text)
+            return cached
+        transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        embedding = self.adapter.encode_prompt(
+            pipe, text, self._device, transformer.dtype, mask=True
+        )
+        if self.options.prompt_cache_size:
+            self._prompt_cache[text] = embedding
+            while len(self._prompt_cache) > self.options.prompt_cache_size:
+                self._prompt_cache.popitem(last=False)
+        return embedding
+
+    def _reset_after_failure(self, pipe: Any) -> None:
+        """Put the pipeline back as a finished call leaves it (cache hooks reset, offloaded
+        modules back on the CPU) and return the freed GPU memory to the allocator's pool."""
+        pipe.maybe_free_model_hooks()
+        gc.collect()
+        if self._device is not None and self._device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _calibrate(self, job: VideoJob, steps: int, cfg: bool, seconds: float) -> None:
+        """Fold a finished job into the effective rate (FLOP/s, overheads included)."""
+        pipe = self._pipes["i2v" if job.image is not None else "t2v"]
+        shape = PlannedShape(job.width, job.height, job.fps, job.frames)
+        flops = self.adapter.flops_per_step(pipe.transformer.config, shape, cfg) * steps
+        rate = flops / max(seconds, 1e-3)
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+
+    def close(self) -> None:
+        self._pipes = {}
+        self._batched_cfg = []
+        self._prompt_cache.clear()
+        self._given_pipeline = None
+        gc.collect()
+        if self._device is not None and self._device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _job_for(request: VideoRequest, shape: PlannedShape, task_id: str) -> VideoJob:
+    image = None
+    if request.has_image:
+        from PIL import Image
+
+        image = Image.new("RGB", (shape.width, shape.height), (128, 128, 128))
+    return VideoJob(
+        task_id=task_id,
+        prompt=request.prompt,
+        width=shape.width,
+        height=shape.height,
+        fps=shape.fps,
+        frames=shape.frames,
+        duration=request.duration,
+        quality=request.quality,
+        aspect_ratio=request.aspect_ratio,
+        seed=request.seed,
+        image=image,
+    )
