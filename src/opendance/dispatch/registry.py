@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from opendance.clock import Clock
 from opendance.store.db import Database
@@ -39,13 +40,19 @@ class WorkerRegistry:
         with self.db.write() as session:
             session.execute(delete(Worker).where(Worker.id == worker_id))
 
-    def lanes(self, model: str) -> int:
-        """Tasks of `model` that live workers can run at once (0 if none is known)."""
+    def lanes(self, model: str, session: Session | None = None) -> int:
+        """Tasks of `model` that live workers can run at once (0 if none is known).
+
+        Pass the caller's open session: a second checkout from inside one can exhaust the
+        connection pool when every threadpool thread does it at once.
+        """
         since = self.clock.now() - self.stale_after
-        with self.db.read() as session:
-            rows = session.execute(
-                select(Worker.models, Worker.concurrency).where(Worker.heartbeat_at >= since)
-            ).all()
+        query = select(Worker.models, Worker.concurrency).where(Worker.heartbeat_at >= since)
+        if session is not None:
+            rows = session.execute(query).all()
+        else:
+            with self.db.read() as own:
+                rows = own.execute(query).all()
         return sum(concurrency for models, concurrency in rows if model in models)
 
     def prune(self) -> int:

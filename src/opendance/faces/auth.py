@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.errors import ApiError
 from opendance.tasks.models import KeyInfo
@@ -41,13 +42,23 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() or None
 
 
-def require_key(
+async def authenticate_async(request: Request, token: str | None) -> KeyInfo:
+    """`authenticate_request` without a thread hop when the key was seen a moment ago."""
+    if token:
+        key: KeyInfo | None = request.app.state.runtime.accounts.cached(token)
+        if key is not None:
+            request.state.key = key
+            return key
+    return await run_in_threadpool(authenticate_request, request, token)
+
+
+async def require_key(
     request: Request,
     response: Response,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> KeyInfo:
     """The calling key (401 if missing or wrong), counted against its read rate limit."""
-    key = authenticate_request(request, bearer_token(request))
+    key = await authenticate_async(request, bearer_token(request))
     response.headers.update(request.app.state.runtime.limiter.check(key.id, "read"))
     return key
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from opendance.faces.auth import CurrentKey, authenticate_request, bearer_token
+from opendance.faces.auth import CurrentKey, authenticate_async, bearer_token
 from opendance.faces.errors import ApiError
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
@@ -240,9 +240,13 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def create_video(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
-    key = await run_in_threadpool(authenticate_request, request, bearer_token(request))
+    key = await authenticate_async(request, bearer_token(request))
     raw = await request.body()
-    create = await run_in_threadpool(parse_create_request, raw, runtime.settings)
+    # A small body cannot carry a data: URL worth a thread (decoding and storing one blocks).
+    if len(raw) <= 4096:
+        create = parse_create_request(raw, runtime.settings)
+    else:
+        create = await run_in_threadpool(parse_create_request, raw, runtime.settings)
     view, headers = await guarded_create(request, key, create, hashlib.sha256(raw).hexdigest())
     headers["Location"] = f"/v1/tasks/{view.id}"
     return JSONResponse(task_object(view, runtime.results), headers=headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -35,9 +37,25 @@ class CreatedKey:
 
 
 class Accounts:
+    #: How long a successful authentication is reused (a revocation elsewhere lands within it).
+    CACHE_SECONDS = 5.0
+    _CACHE_MAX = 10_000
+
     def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
         self.clock = clock or Clock()
+        self._cache: dict[str, tuple[float, KeyInfo]] = {}
+
+    @staticmethod
+    def _cache_key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def cached(self, token: str) -> KeyInfo | None:
+        """The key for a token authenticated in the last CACHE_SECONDS; no database read."""
+        hit = self._cache.get(self._cache_key(token))
+        if hit is None or time.monotonic() - hit[0] > self.CACHE_SECONDS:
+            return None
+        return hit[1]
 
     def create_key(
         self, *, credits: int, group: str = "default", name: str | None = None
@@ -74,7 +92,11 @@ class Accounts:
                 return None
             if not keys.matches(secret, row.secret_hash):
                 return None
-            return KeyInfo(id=row.id, group=row.user_group, name=row.name)
+            info = KeyInfo(id=row.id, group=row.user_group, name=row.name)
+        if len(self._cache) >= self._CACHE_MAX:
+            self._cache.clear()
+        self._cache[self._cache_key(token)] = (time.monotonic(), info)
+        return info
 
     def get(self, key_id: str) -> KeySummary:
         with self.db.read() as session:
@@ -93,6 +115,7 @@ class Accounts:
             return int(session.execute(select(func.count()).select_from(ApiKey)).scalar_one())
 
     def revoke(self, key_id: str) -> KeySummary:
+        self._cache = {k: v for k, v in self._cache.items() if v[1].id != key_id}
         with self.db.write() as session:
             result = session.execute(
                 update(ApiKey)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from opendance.store.tables import ApiKey, LedgerEntry
@@ -62,14 +62,18 @@ def grant(session: Session, key_id: str, amount: int, now: float, note: str | No
     return int(row[0])
 
 
+_RESERVE = (
+    update(ApiKey)
+    .where(ApiKey.id == bindparam("key_id"), ApiKey.balance >= bindparam("amount"))
+    .values(balance=ApiKey.balance - bindparam("amount"))
+    .returning(ApiKey.balance)
+    .execution_options(synchronize_session=False)
+)
+
+
 def reserve(session: Session, key_id: str, task_id: str, amount: int, now: float) -> int:
     """Hold `amount` credits for a task; InsufficientCredits (and nothing written) if short."""
-    row = session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.balance >= amount)
-        .values(balance=ApiKey.balance - amount)
-        .returning(ApiKey.balance)
-    ).first()
+    row = session.execute(_RESERVE, {"key_id": key_id, "amount": amount}).first()
     if row is None:
         balance = session.execute(select(ApiKey.balance).where(ApiKey.id == key_id)).scalar()
         raise InsufficientCredits(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, Protocol
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -54,6 +54,29 @@ from opendance.tasks.states import TERMINAL, Status, sources_of
 log = logging.getLogger(__name__)
 
 _ID_CHARS = string.ascii_lowercase + string.digits
+
+# Hot statements, built once: building a select per call (and its cache key) costs more
+# than running it on SQLite.
+_COUNT_PENDING = select(func.count()).select_from(Task).where(Task.status == Status.PENDING)
+_COUNT_ACTIVE = (
+    select(func.count())
+    .select_from(Task)
+    .where(
+        Task.api_key_id == bindparam("key_id"),
+        Task.status.in_([Status.PENDING, Status.PROCESSING]),
+    )
+)
+_KEY_TASK = select(Task).where(
+    Task.id == bindparam("task_id"), Task.api_key_id == bindparam("key_id")
+)
+_AHEAD = select(func.coalesce(func.sum(Task.estimated_seconds), 0.0)).where(
+    Task.status == Status.PENDING,
+    Task.requested_model == bindparam("model"),
+    Task.created_seq < bindparam("seq"),
+)
+_RUNNING = select(
+    func.coalesce(func.sum(Task.estimated_seconds * (100 - Task.progress) / 100.0), 0.0)
+).where(Task.status == Status.PROCESSING, Task.requested_model == bindparam("model"))
 
 
 class Planner(Protocol):
@@ -103,8 +126,9 @@ class TaskService:
         self.on_changed: list[Callable[[str], None]] = []
         self.on_finished: list[Callable[[str], None]] = []
         #: Live lanes per model (the worker registry); the planner's figure when unset or 0.
-        self.lanes_for: Callable[[str], int] | None = None
+        self.lanes_for: Callable[[str, Session], int] | None = None
         self._speed_cache: dict[str, tuple[float, float]] = {}
+        self._lanes_cache: dict[str, tuple[float, int]] = {}
 
     # ------------------------------------------------------------------ create and read
 
@@ -201,19 +225,10 @@ class TaskService:
         created = int(now)
         task_id = new_task_id(created)
         with self.db.write() as session:
-            pending = session.execute(
-                select(func.count()).select_from(Task).where(Task.status == Status.PENDING)
-            ).scalar_one()
+            pending = session.execute(_COUNT_PENDING).scalar_one()
             if pending >= self.settings.max_queued_tasks:
                 raise ServiceUnavailable("The queue is full; try again later.")
-            active = session.execute(
-                select(func.count())
-                .select_from(Task)
-                .where(
-                    Task.api_key_id == key.id,
-                    Task.status.in_([Status.PENDING, Status.PROCESSING]),
-                )
-            ).scalar_one()
+            active = session.execute(_COUNT_ACTIVE, {"key_id": key.id}).scalar_one()
             if active >= self.settings.max_active_tasks_per_key:
                 raise TooManyActiveTasks(
                     f"This key already has {active} unfinished tasks (the limit is "
@@ -228,35 +243,34 @@ class TaskService:
                     )
                 )
             ledger.reserve(session, key.id, task_id, price, now)
-            session.add(
-                Task(
-                    id=task_id,
-                    created_seq=self._next_seq(),
-                    api_key_id=key.id,
-                    requested_model=request.model,
-                    model=plan.model,
-                    status=Status.PENDING,
-                    progress=0,
-                    created=created,
-                    updated_at=now,
-                    prompt=request.prompt,
-                    duration=request.duration,
-                    quality=request.quality,
-                    aspect_ratio=request.aspect_ratio,
-                    image_url=request.image_url,
-                    callback_url=request.callback_url,
-                    seed=request.seed,
-                    width=None if video_request.has_image else plan.width,
-                    height=None if video_request.has_image else plan.height,
-                    fps=plan.fps,
-                    frames=plan.frames,
-                    credits=price,
-                    user_group=key.group,
-                    estimated_seconds=estimate,
-                    attempts=0,
-                    face=request.face,
-                )
+            task = Task(
+                id=task_id,
+                created_seq=self._next_seq(),
+                api_key_id=key.id,
+                requested_model=request.model,
+                model=plan.model,
+                status=Status.PENDING,
+                progress=0,
+                created=created,
+                updated_at=now,
+                prompt=request.prompt,
+                duration=request.duration,
+                quality=request.quality,
+                aspect_ratio=request.aspect_ratio,
+                image_url=request.image_url,
+                callback_url=request.callback_url,
+                seed=request.seed,
+                width=None if video_request.has_image else plan.width,
+                height=None if video_request.has_image else plan.height,
+                fps=plan.fps,
+                frames=plan.frames,
+                credits=price,
+                user_group=key.group,
+                estimated_seconds=estimate,
+                attempts=0,
+                face=request.face,
             )
+            session.add(task)
             if idempotency_key is not None:
                 session.flush()
                 session.add(
@@ -268,11 +282,12 @@ class TaskService:
                         created_at=now,
                     )
                 )
+            # The task as created, before any worker hears of it: the answer says pending.
+            session.flush()
+            view = self._view(session, task)
         if self.metrics is not None:
             self.metrics.tasks_created.labels(request.model).inc()
             self.metrics.credits.labels("reserved").inc(price)
-        # Read the task as created before any worker hears of it: the answer says pending.
-        view = self.get_task(key.id, task_id)
         self._notify(self.on_created, task_id)
         return view
 
@@ -280,7 +295,7 @@ class TaskService:
         """A key's own task; another key's task is as unknown as a missing one."""
         with self.db.read() as session:
             row = session.execute(
-                select(Task).where(Task.id == task_id, Task.api_key_id == key_id)
+                _KEY_TASK, {"task_id": task_id, "key_id": key_id}
             ).scalar_one_or_none()
             if row is None:
                 raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
@@ -354,23 +369,25 @@ class TaskService:
         if row.status == Status.PROCESSING:
             return max(1, math.ceil(own * (100 - row.progress) / 100))
         ahead = session.execute(
-            select(func.coalesce(func.sum(Task.estimated_seconds), 0.0)).where(
-                Task.status == Status.PENDING,
-                Task.requested_model == row.requested_model,
-                Task.created_seq < row.created_seq,
-            )
+            _AHEAD, {"model": row.requested_model, "seq": row.created_seq}
         ).scalar_one()
-        running = session.execute(
-            select(
-                func.coalesce(func.sum(Task.estimated_seconds * (100 - Task.progress) / 100.0), 0.0)
-            ).where(Task.status == Status.PROCESSING, Task.requested_model == row.requested_model)
-        ).scalar_one()
-        lanes = (self.lanes_for(row.requested_model) if self.lanes_for else 0) or (
-            self.planner.concurrency(row.requested_model)
-        )
+        running = session.execute(_RUNNING, {"model": row.requested_model}).scalar_one()
+        lanes = self._lanes(session, row.requested_model)
         factor = self._speed_factor(session, row.requested_model)
         queued = (float(ahead) + float(running)) / max(1, lanes)
         return max(1, math.ceil((queued + own) * factor))
+
+    def _lanes(self, session: Session, model: str) -> int:
+        """Live lanes for the model (cached for a second: heartbeats are seconds apart)."""
+        now = self.clock.now()
+        cached = self._lanes_cache.get(model)
+        if cached is not None and 0 <= now - cached[0] < 1.0:
+            return cached[1]
+        lanes = (self.lanes_for(model, session) if self.lanes_for else 0) or (
+            self.planner.concurrency(model)
+        )
+        self._lanes_cache[model] = (now, lanes)
+        return lanes
 
     def _speed_factor(self, session: Session, model: str) -> float:
         """Measured run time over estimated run time for the model's recent tasks (median).

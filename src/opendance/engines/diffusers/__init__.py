@@ -7,4 +7,9 @@ raises EngineError("engine_unavailable") without them (install `opendance[gpu]`)
 from opendance.engines.diffusers.engine import DiffusersEngine
 from opendance.engines.diffusers.options import DiffusersOptions, WarmupSize
 
-__all__ = ["DiffusersEngine", "DiffusersOptions", "WarmupSize"]
+__all__ = ["DiffusersEngine", "DiffusersOptions", "WarmupSize", "from_options"]
+
+
+def from_options(options: dict[str, object]) -> DiffusersEngine:
+    """The route factory: a route's `options` are `DiffusersOptions`."""
+    return DiffusersEngine(options)
