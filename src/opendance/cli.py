@@ -82,16 +82,18 @@ def serve(
         )
         console.print(
             Panel.fit(
-                f"[bold]Your first API key[/bold] (shown once, keep it):\n\n"
-                f"  [green]{created.token}[/green]\n\n"
-                f"It holds {settings.first_key_credits} credits. Try:\n\n"
-                f"  export OPENDANCE_KEY={created.token}\n"
-                f"  curl {settings.base_url}/v1/videos/generations \\\n"
-                f'    -H "Authorization: Bearer $OPENDANCE_KEY" \\\n'
-                f"    -H 'Content-Type: application/json' \\\n"
-                f'    -d \'{{"model": "{DEFAULT_MODEL}", "prompt": "A cat playing piano"}}\'',
+                f"[bold]Your first API key[/bold] (shown once, keep it), "
+                f"{settings.first_key_credits} credits:\n\n  [green]{created.token}[/green]",
                 title="opendance",
             )
+        )
+        # Plain lines (no panel, no wrapping) so the commands copy and paste as they are.
+        print(
+            f"\nTry it:\n\n  export OPENDANCE_KEY={created.token}\n"
+            f"  curl {settings.base_url}/v1/videos/generations \\\n"
+            f'    -H "Authorization: Bearer $OPENDANCE_KEY" \\\n'
+            f"    -H 'Content-Type: application/json' \\\n"
+            f'    -d \'{{"model": "{DEFAULT_MODEL}", "prompt": "A cat playing piano"}}\'\n'
         )
     console.print(
         f"opendance on [bold]{settings.base_url}[/bold]  (docs: {settings.base_url}/docs, "
