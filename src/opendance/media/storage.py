@@ -76,7 +76,8 @@ class ResultStore:
     def verify(self, task_id: str, expires: int, signature: str, now: float) -> bool:
         if expires < now or not TASK_ID_PATTERN.match(task_id):
             return False
-        return hmac.compare_digest(signature, self.signature(task_id, expires))
+        # Bytes, not str: compare_digest refuses non-ASCII strings (a 500 for a mangled URL).
+        return hmac.compare_digest(signature.encode(), self.signature(task_id, expires).encode())
 
 
 def load_or_create_secret(path: Path) -> bytes:
