@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.errors import KEY_ERRORS
 
-router = APIRouter(tags=["Account"])
+router = APIRouter(tags=["Account"], responses=KEY_ERRORS)
 
 
 @router.get(
@@ -27,7 +28,6 @@ router = APIRouter(tags=["Account"])
                 }
             }
         },
-        401: {"description": "Missing or invalid API key"},
     },
 )
 def get_credits(key: CurrentKey, request: Request) -> dict[str, Any]:

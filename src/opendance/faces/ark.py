@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
-from opendance.faces.errors import ApiError
+from opendance.faces.errors import ApiError, error_responses
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.faces.openai import (
@@ -147,7 +147,17 @@ class ArkRoute(APIRoute):
         return route
 
 
-router = APIRouter(tags=[TAG], route_class=ArkRoute)
+router = APIRouter(
+    tags=[TAG],
+    route_class=ArkRoute,
+    responses=error_responses(
+        {
+            400: "InvalidParameter / MissingParameter (`error.param` names the field)",
+            401: "AuthenticationError: missing or invalid API key",
+            429: "RateLimitExceeded",
+        }
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +453,17 @@ _CREATE_BODY: Final[dict[str, Any]] = {
 @router.post(
     PREFIX,
     summary="Create a video generation task",
-    responses={200: {"content": {"application/json": {"example": {"id": _TASK_EXAMPLE["id"]}}}}},
+    responses={
+        200: {"content": {"application/json": {"example": {"id": _TASK_EXAMPLE["id"]}}}},
+        **error_responses(
+            {
+                403: "AccountOverdueError: not enough credits",
+                404: "InvalidEndpointOrModel.NotFound: unknown model",
+                413: "RequestTooLarge",
+                503: "ServerOverloaded: queue full or shutting down",
+            }
+        ),
+    },
     openapi_extra={"requestBody": _CREATE_BODY},
 )
 async def create_task(request: Request, key: CurrentKey) -> JSONResponse:
@@ -463,7 +483,10 @@ async def create_task(request: Request, key: CurrentKey) -> JSONResponse:
 @router.get(
     PREFIX + "/{task_id}",
     summary="Query a video generation task",
-    responses={200: {"content": {"application/json": {"example": _TASK_EXAMPLE}}}},
+    responses={
+        200: {"content": {"application/json": {"example": _TASK_EXAMPLE}}},
+        **error_responses({404: "ResourceNotFound"}),
+    },
 )
 def get_task(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
@@ -507,7 +530,9 @@ def list_tasks(
 @router.delete(
     PREFIX + "/{task_id}",
     summary="Cancel a queued or running task; delete a finished task's video",
-    responses={409: {"description": "The task is already cancelled"}},
+    responses=error_responses(
+        {404: "ResourceNotFound", 409: "InvalidTaskStatus: the task is already cancelled"}
+    ),
 )
 def delete_task(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime

@@ -7,12 +7,15 @@ including FastAPI's own (404 route, 405 method, validation), so clients parse on
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from opendance.tasks import errors as service_errors
 
@@ -47,6 +50,33 @@ SERVICE_STATUS: dict[type[service_errors.ServiceError], int] = {
     service_errors.IdempotencyKeyReused: 422,
     service_errors.TooManyActiveTasks: 429,
 }
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    type: str
+    param: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error on every face: `{"error": {"code", "message", "type", "param"}}`."""
+
+    error: ErrorDetail
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries: each error status, its description and the error body's schema."""
+    return {
+        status: {"model": ErrorBody, "description": text or HTTPStatus(status).phrase}
+        for status, text in descriptions.items()
+    }
+
+
+#: What every route behind an API key may answer, besides its own errors.
+KEY_ERRORS = error_responses(
+    {401: "Missing or invalid API key", 429: "Rate limit reached (see `Retry-After`)"}
+)
 
 
 class ApiError(Exception):
@@ -107,6 +137,16 @@ _HTTP_CODES = {
 }
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method of every route at this path: Starlette's `Allow` names the first route's."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
@@ -117,9 +157,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(from_service_error(error))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code, message = _HTTP_CODES.get(error.status_code, ("http_error", str(error.detail)))
-        return error_response(ApiError(error.status_code, code, message))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = allowed_methods(request)  # RFC 9110: every method of the path
+        return error_response(ApiError(error.status_code, code, message, headers=headers))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:

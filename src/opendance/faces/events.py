@@ -28,13 +28,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.errors import KEY_ERRORS, error_responses
 from opendance.faces.seed import task_object
 from opendance.tasks.models import TaskView
 from opendance.tasks.states import TERMINAL
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["Seedance task API"])
+router = APIRouter(tags=["Seedance task API"], responses=KEY_ERRORS)
 
 #: How often a stream reads its task from the database (changes made by other processes).
 POLL_SECONDS: float = 0.5
@@ -146,7 +147,7 @@ async def stream_task(
             "change; the stream ends after the event with a terminal status.",
             "content": {"text/event-stream": {}},
         },
-        404: {"description": "Unknown task (or another key's)"},
+        **error_responses({404: "Unknown task (or another key's)"}),
     },
 )
 async def follow_task(task_id: str, key: CurrentKey, request: Request) -> StreamingResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from opendance.faces.errors import ApiError
+from opendance.faces.errors import ApiError, error_responses
 
 router = APIRouter(tags=["Files"])
 
@@ -16,9 +16,13 @@ router = APIRouter(tags=["Files"])
     response_class=FileResponse,
     responses={
         200: {"content": {"video/mp4": {}}},
-        403: {"description": "Bad signature"},
-        404: {"description": "No such file"},
-        410: {"description": "The URL or the file expired"},
+        **error_responses(
+            {
+                400: "`expires` is not a whole number",
+                403: "Bad signature",
+                410: "The URL or the file expired",
+            }
+        ),
     },
 )
 def download_result(expires: int, signature: str, task_id: str, request: Request) -> FileResponse:

@@ -19,7 +19,11 @@ def healthz() -> dict[str, Any]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz", summary="The server can take work (database reachable and migrated)")
+@router.get(
+    "/readyz",
+    summary="The server can take work (database reachable and migrated)",
+    responses={503: {"description": "Not ready: `checks` names what is not ok"}},
+)
 def readyz(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
     checks: dict[str, str] = {}

@@ -33,7 +33,7 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 
 from opendance.engines.base import VideoRequest
 from opendance.faces.auth import CurrentKey
-from opendance.faces.errors import ApiError, error_body, from_service_error
+from opendance.faces.errors import ApiError, error_body, error_responses, from_service_error
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
@@ -126,7 +126,18 @@ class OpenAIRoute(APIRoute):
         return route
 
 
-router = APIRouter(tags=[TAG], route_class=OpenAIRoute)
+router = APIRouter(
+    tags=[TAG],
+    route_class=OpenAIRoute,
+    responses=error_responses(
+        {
+            400: "Invalid request (`error.param` names the field)",
+            401: "Missing or invalid API key",
+            429: "Rate limit, too many unfinished videos, or not enough credits "
+            "(`insufficient_quota`)",
+        }
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,12 +571,12 @@ _CREATE_BODY: Final[dict[str, Any]] = {
     },
 }
 
-_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
-    400: {"description": "Invalid request (`error.param` names the field)"},
-    401: {"description": "Missing or invalid API key"},
-    404: {"description": "No such video (or another key's)"},
-    429: {"description": "Not enough credits (`insufficient_quota`)"},
-}
+_NOT_FOUND = error_responses({404: "No such video (or another key's)"})
+#: GET/DELETE /v1/videos/generations: a Seedance path, not a video id.
+_RESERVED = error_responses({405: "A Seedance path under /v1/videos, not a video id"})
+_CREATE_ERRORS = error_responses(
+    {413: "The request body is too large", 503: "Queue full or shutting down"}
+)
 
 
 def _video_id(video_id: str) -> str:
@@ -581,7 +592,10 @@ VideoId = Annotated[str, Depends(_video_id)]
 @router.post(
     "/v1/videos",
     summary="Create a video",
-    responses={200: {"content": {"application/json": {"example": _VIDEO_EXAMPLE}}}, **_ERRORS},
+    responses={
+        200: {"content": {"application/json": {"example": _VIDEO_EXAMPLE}}},
+        **_CREATE_ERRORS,
+    },
     openapi_extra={"requestBody": _CREATE_BODY},
 )
 async def create_video(request: Request, key: CurrentKey) -> JSONResponse:
@@ -591,7 +605,11 @@ async def create_video(request: Request, key: CurrentKey) -> JSONResponse:
     return JSONResponse(video_object(view), headers=headers)
 
 
-@router.get("/v1/videos", summary="List videos, newest first (cursor pagination)")
+@router.get(
+    "/v1/videos",
+    summary="List videos, newest first (cursor pagination)",
+    responses=error_responses({404: "Unknown `after` video"}),
+)
 def list_videos(
     key: CurrentKey,
     request: Request,
@@ -618,7 +636,7 @@ def list_videos(
 @router.get(
     "/v1/videos/{video_id}",
     summary="Retrieve a video (with the openai-poll-after-ms header while it runs)",
-    responses={404: _ERRORS[404]},
+    responses={**_NOT_FOUND, **_RESERVED},
 )
 def retrieve_video(video_id: VideoId, key: CurrentKey, request: Request) -> JSONResponse:
     view = request.app.state.runtime.service.get_task(key.id, video_id)
@@ -632,9 +650,10 @@ def retrieve_video(video_id: VideoId, key: CurrentKey, request: Request) -> JSON
     response_class=FileResponse,
     responses={
         200: {"content": {"video/mp4": {}, "image/webp": {}, "image/jpeg": {}}},
-        404: {
-            "description": "No such video, or it has no content (not finished, deleted, expired)"
-        },
+        **error_responses(
+            {404: "No such video, or it has no content (not finished, deleted, expired)"}
+        ),
+        **_RESERVED,
     },
 )
 async def download_content(
@@ -676,7 +695,7 @@ async def download_content(
 @router.delete(
     "/v1/videos/{video_id}",
     summary="Delete a video: cancel it if it is still running, delete its files",
-    responses={404: _ERRORS[404]},
+    responses={**_NOT_FOUND, **_RESERVED},
 )
 def delete_video(video_id: VideoId, key: CurrentKey, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey, authenticate_async, bearer_token
-from opendance.faces.errors import ApiError
+from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.media.addresses import check_url
@@ -28,7 +28,13 @@ from opendance.settings import DEFAULT_MODEL, Settings
 from opendance.tasks.models import CreateTask, TaskView
 from opendance.tasks.states import Status
 
-router = APIRouter(tags=["Seedance task API"])
+router = APIRouter(
+    tags=["Seedance task API"],
+    responses={
+        **error_responses({400: "Invalid request (the field is named in `error.param`)"}),
+        **KEY_ERRORS,
+    },
+)
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "keep_ratio", "adaptive"]
 
@@ -216,12 +222,15 @@ _TASK_EXAMPLE = {
     "usage": {"billing_rule": "per_call", "credits_reserved": 8, "user_group": "default"},
 }
 
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request (the field is named in `error.param`)"},
-    401: {"description": "Missing or invalid API key"},
-    402: {"description": "Not enough credits; nothing was created"},
-    503: {"description": "Queue full or shutting down"},
-}
+_ERROR_RESPONSES = error_responses(
+    {
+        402: "Not enough credits; nothing was created",
+        413: "The request body is too large",
+        422: "The Idempotency-Key was used with another body",
+        429: "Rate limit reached, or too many unfinished tasks",
+        503: "Queue full or shutting down",
+    }
+)
 
 
 @router.post(
@@ -253,7 +262,7 @@ async def create_video(request: Request) -> JSONResponse:
 
 
 @router.get(
-    "/v1/tasks/{task_id}", summary="Query a task", responses={404: {"description": "Unknown task"}}
+    "/v1/tasks/{task_id}", summary="Query a task", responses=error_responses({404: "Unknown task"})
 )
 def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     runtime = request.app.state.runtime
@@ -264,7 +273,7 @@ def get_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
 @router.post(
     "/v1/tasks/{task_id}/cancel",
     summary="Cancel a task",
-    responses={404: {"description": "Unknown task"}, 409: {"description": "Task already finished"}},
+    responses=error_responses({404: "Unknown task", 409: "Task already finished"}),
 )
 def cancel_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     runtime = request.app.state.runtime
@@ -272,7 +281,11 @@ def cancel_task(task_id: str, key: CurrentKey, request: Request) -> TaskObject:
     return task_object(view, runtime.results)
 
 
-@router.get("/v1/tasks", summary="List your tasks, newest first")
+@router.get(
+    "/v1/tasks",
+    summary="List your tasks, newest first",
+    responses=error_responses({404: "Unknown `after` task"}),
+)
 def list_tasks(
     key: CurrentKey,
     request: Request,

@@ -21,11 +21,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from opendance.faces.auth import CurrentKey
-from opendance.faces.errors import ApiError
+from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.faces.images import save_upload
 from opendance.media.uploads import uploads_dir
 
-router = APIRouter(tags=["Files"])
+router = APIRouter(tags=["Files"], responses=KEY_ERRORS)
 
 #: Room for the multipart framing and the small fields around the file.
 _FORM_OVERHEAD = 64 * 1024
@@ -69,9 +69,12 @@ async def read_capped(request: Request, limit: int) -> bytes:
                 }
             }
         },
-        400: {"description": "Not an image this server takes (the rule is in the message)"},
-        401: {"description": "Missing or invalid API key"},
-        413: {"description": "Larger than `image_max_bytes`"},
+        **error_responses(
+            {
+                400: "Not an image this server takes (the rule is in the message)",
+                413: "Larger than `image_max_bytes`",
+            }
+        ),
     },
     openapi_extra={
         "requestBody": {

@@ -8,11 +8,16 @@ from fastapi import APIRouter, Request
 
 from opendance.callbacks.signing import ROTATION_GRACE_SECONDS
 from opendance.faces.auth import CurrentKey
+from opendance.faces.errors import KEY_ERRORS, error_responses
 
-router = APIRouter(tags=["Callbacks"])
+router = APIRouter(tags=["Callbacks"], responses=KEY_ERRORS)
 
 
-@router.get("/v1/tasks/{task_id}/callbacks", summary="The task's callback deliveries and attempts")
+@router.get(
+    "/v1/tasks/{task_id}/callbacks",
+    summary="The task's callback deliveries and attempts",
+    responses=error_responses({404: "Unknown task"}),
+)
 def task_callbacks(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
     runtime.service.get_task(key.id, task_id)  # 404 unless it is this key's task

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 import string
 import threading
@@ -32,6 +33,7 @@ from opendance.store.tables import ApiKey, IdempotencyKey, Task
 from opendance.tasks import ledger
 from opendance.tasks.errors import (
     IdempotencyKeyReused,
+    InvalidRequest,
     ServiceUnavailable,
     TaskNotCancellable,
     TaskNotFound,
@@ -54,6 +56,9 @@ from opendance.tasks.states import TERMINAL, Status, sources_of
 log = logging.getLogger(__name__)
 
 _ID_CHARS = string.ascii_lowercase + string.digits
+#: What `new_task_id` makes. Anything else is unknown without asking the database (which may
+#: refuse the text: PostgreSQL rejects NUL characters with an error).
+_TASK_ID = re.compile(r"task-unified-[0-9]{1,12}-[a-z0-9]{8}")
 
 # Hot statements, built once: building a select per call (and its cache key) costs more
 # than running it on SQLite.
@@ -165,6 +170,10 @@ class TaskService:
         the same task (nothing charged again, also for two requests at once); with another
         body, IdempotencyKeyReused.
         """
+        if "\x00" in request.prompt:
+            raise InvalidRequest(
+                "Invalid 'prompt': must not contain NUL characters.", param="prompt"
+            )
         if idempotency_key is not None:
             existing = self._idempotent_task(key.id, idempotency_key, request_hash)
             if existing is not None:
@@ -293,6 +302,8 @@ class TaskService:
 
     def get_task(self, key_id: str, task_id: str) -> TaskView:
         """A key's own task; another key's task is as unknown as a missing one."""
+        if not _TASK_ID.fullmatch(task_id):
+            raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
         with self.db.read() as session:
             row = session.execute(
                 _KEY_TASK, {"task_id": task_id, "key_id": key_id}
@@ -314,6 +325,8 @@ class TaskService:
         with self.db.read() as session:
             query = select(Task).where(Task.api_key_id == key_id)
             if after is not None:
+                if not _TASK_ID.fullmatch(after):
+                    raise TaskNotFound(f"No task with id '{after}'.", param="after")
                 anchor = session.execute(
                     select(Task.created_seq).where(Task.id == after, Task.api_key_id == key_id)
                 ).scalar_one_or_none()
@@ -797,9 +810,14 @@ class TaskService:
         if statuses:
             conditions.append(Task.status.in_([str(s) for s in statuses]))
         if task_ids:
-            conditions.append(Task.id.in_(list(task_ids)))
+            ids = [task_id for task_id in task_ids if _TASK_ID.fullmatch(task_id)]
+            if not ids:
+                return [], 0
+            conditions.append(Task.id.in_(ids))
         if models:
-            names = list(models)
+            names = [name for name in models if "\x00" not in name]
+            if not names:
+                return [], 0
             conditions.append(or_(Task.requested_model.in_(names), Task.model.in_(names)))
         with self.db.read() as session:
             total = session.execute(
