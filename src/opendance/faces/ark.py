@@ -17,18 +17,15 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
-from opendance.faces.errors import ApiError, error_responses
+from opendance.faces.errors import ApiError, error_responses, route_class_answering_with
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.faces.openai import (
-    Handler,
-    as_api_error,
     body_limit,
     check_callback_url,
     read_body,
@@ -129,22 +126,7 @@ def ark_error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class ArkRoute(APIRoute):
-    """Routes of this face answer errors (auth, validation, service) in Ark's body."""
-
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as error:
-                api_error = as_api_error(error)
-                if api_error is None:
-                    raise
-                return ark_error_response(api_error)
-
-        return route
+ArkRoute = route_class_answering_with(ark_error_response)
 
 
 router = APIRouter(

@@ -7,12 +7,14 @@ including FastAPI's own (404 route, 405 method, validation), so clients parse on
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -178,3 +180,47 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=error)
         return error_response(ApiError(500, "internal_error", "Internal server error."))
+
+
+def as_api_error(error: Exception) -> ApiError | None:
+    """The ApiError a face should answer for `error`, or None for an unexpected exception."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, service_errors.ServiceError):
+        return from_service_error(error)
+    if isinstance(error, RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+        param = loc[0] if loc else None
+        message = str(first.get("msg", "Invalid request."))
+        return ApiError(400, "invalid_parameter", f"Invalid '{param}': {message}.", param=param)
+    if isinstance(error, StarletteHTTPException):
+        return ApiError(error.status_code, "invalid_request", str(error.detail))
+    return None
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def route_class_answering_with(render: Callable[[ApiError], Response]) -> type[APIRoute]:
+    """A route class whose routes answer every error (auth, validation, service) with `render`.
+
+    The OpenAI and Ark faces use it so their clients parse errors in the shape they expect.
+    """
+
+    class FaceRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except Exception as error:
+                    api_error = as_api_error(error)
+                    if api_error is None:
+                        raise
+                    return render(api_error)
+
+            return route
+
+    return FaceRoute

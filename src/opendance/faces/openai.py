@@ -18,22 +18,24 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import fields, replace
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
 from opendance.engines.base import VideoRequest
 from opendance.faces.auth import CurrentKey
-from opendance.faces.errors import ApiError, error_body, error_responses, from_service_error
+from opendance.faces.errors import (
+    ApiError,
+    error_body,
+    error_responses,
+    route_class_answering_with,
+)
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
@@ -42,7 +44,7 @@ from opendance.media import previews
 from opendance.media.addresses import check_url
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES, nearest_named_ratio, size_for
 from opendance.settings import DEFAULT_MODEL, Settings
-from opendance.tasks.errors import ServiceError, TaskNotCancellable
+from opendance.tasks.errors import TaskNotCancellable
 from opendance.tasks.models import CreateTask, TaskView
 from opendance.tasks.states import TERMINAL, Status
 
@@ -58,8 +60,6 @@ _RESERVED_IDS: Final[frozenset[str]] = frozenset({"generations"})
 #: Bounds of the `openai-poll-after-ms` header: poll often for short jobs, never hammer.
 POLL_MIN_MS: Final[int] = 200
 POLL_MAX_MS: Final[int] = 5000
-
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,39 +91,7 @@ def openai_error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def as_api_error(error: Exception) -> ApiError | None:
-    """The ApiError a face should answer for `error`, or None for an unexpected exception."""
-    if isinstance(error, ApiError):
-        return error
-    if isinstance(error, ServiceError):
-        return from_service_error(error)
-    if isinstance(error, RequestValidationError):
-        first = error.errors()[0] if error.errors() else {}
-        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-        param = loc[0] if loc else None
-        message = str(first.get("msg", "Invalid request."))
-        return ApiError(400, "invalid_parameter", f"Invalid '{param}': {message}.", param=param)
-    if isinstance(error, StarletteHTTPException):
-        return ApiError(error.status_code, "invalid_request", str(error.detail))
-    return None
-
-
-class OpenAIRoute(APIRoute):
-    """Routes of this face answer errors (auth, validation, service) in OpenAI's body."""
-
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as error:
-                api_error = as_api_error(error)
-                if api_error is None:
-                    raise
-                return openai_error_response(api_error)
-
-        return route
+OpenAIRoute = route_class_answering_with(openai_error_response)
 
 
 router = APIRouter(
