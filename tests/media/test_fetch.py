@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from loopback_guard import only_loopback_connections  # noqa: F401 - autouse fixture
 from opendance.media.addresses import IPAddress
 from opendance.media.fetch import (
     FetchedImage,
@@ -33,28 +34,6 @@ from opendance.media.fetch import (
 
 IMAGE_HOST = "img.example.test"
 ELEVEN_MB = 11 * 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def only_loopback_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail loudly instead of reaching any address outside loopback, whatever the code does."""
-    original_connect = socket.socket.connect
-    original_connect_ex = socket.socket.connect_ex
-
-    def check(address: Any) -> None:
-        if isinstance(address, tuple) and not ip_address(address[0].split("%")[0]).is_loopback:
-            raise AssertionError(f"test tried to connect to {address[0]}")
-
-    def connect(self: socket.socket, address: Any) -> None:
-        check(address)
-        original_connect(self, address)
-
-    def connect_ex(self: socket.socket, address: Any) -> int:
-        check(address)
-        return original_connect_ex(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
 def encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import trustme
 
+from loopback_guard import only_loopback_connections  # noqa: F401 - autouse fixture
 from opendance.media import safe_http
 from opendance.media.addresses import IPAddress
 from opendance.media.safe_http import (
@@ -35,28 +36,6 @@ from opendance.media.safe_http import (
 )
 
 HOOK_HOST = "hooks.example.test"
-
-
-@pytest.fixture(autouse=True)
-def only_loopback_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail loudly instead of reaching any address outside loopback, whatever the code does."""
-    original_connect = socket.socket.connect
-    original_connect_ex = socket.socket.connect_ex
-
-    def check(address: Any) -> None:
-        if isinstance(address, tuple) and not ip_address(address[0].split("%")[0]).is_loopback:
-            raise AssertionError(f"test tried to connect to {address[0]}")
-
-    def connect(self: socket.socket, address: Any) -> None:
-        check(address)
-        original_connect(self, address)
-
-    def connect_ex(self: socket.socket, address: Any) -> int:
-        check(address)
-        return original_connect_ex(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
 @dataclass
