@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
 from opendance.clock import Clock
@@ -40,11 +40,11 @@ class WorkerRegistry:
         with self.db.write() as session:
             session.execute(delete(Worker).where(Worker.id == worker_id))
 
-    def lanes(self, model: str, session: Session | None = None) -> int:
+    def lanes(self, model: str, session: Session | Connection | None = None) -> int:
         """Tasks of `model` that live workers can run at once (0 if none is known).
 
-        Pass the caller's open session: a second checkout from inside one can exhaust the
-        connection pool when every threadpool thread does it at once.
+        Pass the caller's open session or connection: a second checkout from inside one can
+        exhaust the connection pool when every threadpool thread does it at once.
         """
         since = self.clock.now() - self.stale_after
         query = select(Worker.models, Worker.concurrency).where(Worker.heartbeat_at >= since)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -52,15 +52,25 @@ async def authenticate_async(request: Request, token: str | None) -> KeyInfo:
     return await run_in_threadpool(authenticate_request, request, token)
 
 
+async def read_key(request: Request) -> tuple[KeyInfo, dict[str, str]]:
+    """`require_key` without dependency injection: the key, and the rate-limit headers to send."""
+    key = await authenticate_async(request, bearer_token(request))
+    return key, request.app.state.runtime.limiter.check(key.id, "read")
+
+
 async def require_key(
     request: Request,
     response: Response,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> KeyInfo:
     """The calling key (401 if missing or wrong), counted against its read rate limit."""
-    key = await authenticate_async(request, bearer_token(request))
-    response.headers.update(request.app.state.runtime.limiter.check(key.id, "read"))
+    key, headers = await read_key(request)
+    response.headers.update(headers)
     return key
 
 
 CurrentKey = Annotated[KeyInfo, Depends(require_key)]
+
+#: For routes that check the key in the handler (hot paths): the same OpenAPI security entry
+#: that `CurrentKey` gives a route.
+BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from functools import partial
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.errors import ApiError
+from opendance.faces.offload import run_on
 from opendance.tasks.models import CreateTask, KeyInfo, TaskView
 
 
@@ -43,14 +43,15 @@ async def guarded_create(
     """
     runtime = request.app.state.runtime
     headers: dict[str, str] = dict(runtime.limiter.check(key.id, "create"))
-    view, replayed = await run_in_threadpool(
+    view, replayed = await run_on(
+        runtime.db.create_executor,
         partial(
             runtime.service.create_task_once,
             key,
             create,
             idempotency_key=idempotency_key_of(request),
             request_hash=fingerprint or request_fingerprint(create),
-        )
+        ),
     )
     if replayed:
         headers["Idempotent-Replayed"] = "true"

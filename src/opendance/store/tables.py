@@ -70,6 +70,8 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_status_created", "status", "created_seq"),
         Index("ix_tasks_key_created", "api_key_id", "created_seq"),
+        # The per-key unfinished-task count of every create, from the index alone.
+        Index("ix_tasks_key_status", "api_key_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

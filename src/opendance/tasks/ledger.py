@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from opendance.store.tables import ApiKey, LedgerEntry
@@ -21,9 +21,15 @@ RESERVE = "reserve"
 SETTLE = "settle"
 REFUND = "refund"
 
+#: Ledger functions run in the caller's transaction: an ORM session, or a Core connection on
+#: the create path (which skips the ORM's unit of work).
+Transaction = Session | Connection
+
+_INSERT_ENTRY = insert(LedgerEntry)
+
 
 def _entry(
-    session: Session,
+    session: Transaction,
     key_id: str,
     task_id: str | None,
     kind: str,
@@ -32,20 +38,23 @@ def _entry(
     now: float,
     note: str | None = None,
 ) -> None:
-    session.add(
-        LedgerEntry(
-            api_key_id=key_id,
-            task_id=task_id,
-            kind=kind,
-            amount=amount,
-            balance_after=balance_after,
-            note=note,
-            created_at=now,
-        )
+    session.execute(
+        _INSERT_ENTRY,
+        {
+            "api_key_id": key_id,
+            "task_id": task_id,
+            "kind": kind,
+            "amount": amount,
+            "balance_after": balance_after,
+            "note": note,
+            "created_at": now,
+        },
     )
 
 
-def grant(session: Session, key_id: str, amount: int, now: float, note: str | None = None) -> int:
+def grant(
+    session: Transaction, key_id: str, amount: int, now: float, note: str | None = None
+) -> int:
     """Add credits to a key (or take them back with a negative amount, never below zero)."""
     row = session.execute(
         update(ApiKey)
@@ -54,7 +63,7 @@ def grant(session: Session, key_id: str, amount: int, now: float, note: str | No
         .returning(ApiKey.balance)
     ).first()
     if row is None:
-        exists = session.get(ApiKey, key_id)
+        exists = session.execute(select(ApiKey.id).where(ApiKey.id == key_id)).first()
         if exists is None:
             raise KeyNotFound(f"No API key with id {key_id}.")
         raise InsufficientCredits("The balance cannot go below zero.")
@@ -71,7 +80,7 @@ _RESERVE = (
 )
 
 
-def reserve(session: Session, key_id: str, task_id: str, amount: int, now: float) -> int:
+def reserve(session: Transaction, key_id: str, task_id: str, amount: int, now: float) -> int:
     """Hold `amount` credits for a task; InsufficientCredits (and nothing written) if short."""
     row = session.execute(_RESERVE, {"key_id": key_id, "amount": amount}).first()
     if row is None:
@@ -83,13 +92,13 @@ def reserve(session: Session, key_id: str, task_id: str, amount: int, now: float
     return int(row[0])
 
 
-def settle(session: Session, key_id: str, task_id: str, amount: int, now: float) -> None:
+def settle(session: Transaction, key_id: str, task_id: str, amount: int, now: float) -> None:
     """Turn a task's reservation into a charge (the balance already went down at reserve)."""
     balance = session.execute(select(ApiKey.balance).where(ApiKey.id == key_id)).scalar_one()
     _entry(session, key_id, task_id, SETTLE, amount, balance, now)
 
 
-def refund(session: Session, key_id: str, task_id: str, amount: int, now: float) -> None:
+def refund(session: Transaction, key_id: str, task_id: str, amount: int, now: float) -> None:
     """Give a task's reservation back."""
     balance = session.execute(
         update(ApiKey)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -51,6 +51,7 @@ from opendance.tasks.models import (
     TaskView,
 )
 from opendance.tasks.pricing import PriceTable
+from opendance.tasks.queue_work import QueuedWork
 from opendance.tasks.states import TERMINAL, Status, sources_of
 
 log = logging.getLogger(__name__)
@@ -60,28 +61,52 @@ _ID_CHARS = string.ascii_lowercase + string.digits
 #: refuse the text: PostgreSQL rejects NUL characters with an error).
 _TASK_ID = re.compile(r"task-unified-[0-9]{1,12}-[a-z0-9]{8}")
 
-# Hot statements, built once: building a select per call (and its cache key) costs more
-# than running it on SQLite.
-_COUNT_PENDING = select(func.count()).select_from(Task).where(Task.status == Status.PENDING)
-_COUNT_ACTIVE = (
+# Hot statements, built once and run on Core connections: building a statement per call (and
+# its cache key), and the ORM's unit of work, cost more than running them on SQLite.
+_COUNTS = select(
+    select(func.count()).select_from(Task).where(Task.status == Status.PENDING).scalar_subquery(),
     select(func.count())
     .select_from(Task)
     .where(
         Task.api_key_id == bindparam("key_id"),
         Task.status.in_([Status.PENDING, Status.PROCESSING]),
     )
+    .scalar_subquery(),
 )
-_KEY_TASK = select(Task).where(
+_INSERT_TASK = insert(Task)
+_INSERT_IDEMPOTENCY_KEY = insert(IdempotencyKey)
+_KEY_TASK = select(Task.__table__).where(
     Task.id == bindparam("task_id"), Task.api_key_id == bindparam("key_id")
 )
-_AHEAD = select(func.coalesce(func.sum(Task.estimated_seconds), 0.0)).where(
-    Task.status == Status.PENDING,
-    Task.requested_model == bindparam("model"),
-    Task.created_seq < bindparam("seq"),
+
+#: A task row: an ORM object, or a Core row of the tasks table (same attribute names).
+TaskRow = Task | Row[Any]
+#: What a task view copies from its row as is.
+_VIEW_COLUMNS = (
+    "id",
+    "api_key_id",
+    "requested_model",
+    "model",
+    "progress",
+    "created",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "prompt",
+    "duration",
+    "quality",
+    "aspect_ratio",
+    "image_url",
+    "callback_url",
+    "seed",
+    "width",
+    "height",
+    "fps",
+    "frames",
+    "credits",
+    "user_group",
+    "face",
 )
-_RUNNING = select(
-    func.coalesce(func.sum(Task.estimated_seconds * (100 - Task.progress) / 100.0), 0.0)
-).where(Task.status == Status.PROCESSING, Task.requested_model == bindparam("model"))
 
 
 class Planner(Protocol):
@@ -131,9 +156,10 @@ class TaskService:
         self.on_changed: list[Callable[[str], None]] = []
         self.on_finished: list[Callable[[str], None]] = []
         #: Live lanes per model (the worker registry); the planner's figure when unset or 0.
-        self.lanes_for: Callable[[str, Session], int] | None = None
+        self.lanes_for: Callable[[str, Connection], int] | None = None
         self._speed_cache: dict[str, tuple[float, float]] = {}
         self._lanes_cache: dict[str, tuple[float, int]] = {}
+        self.queued_work = QueuedWork(clock=self.clock.now)
 
     # ------------------------------------------------------------------ create and read
 
@@ -233,67 +259,79 @@ class TaskService:
         now = self.clock.now()
         created = int(now)
         task_id = new_task_id(created)
-        with self.db.write() as session:
-            pending = session.execute(_COUNT_PENDING).scalar_one()
+        with self.db.transaction() as connection:
+            seq = self._next_seq()  # under the writer lock: queue order is commit order
+            pending, active = connection.execute(_COUNTS, {"key_id": key.id}).one()
             if pending >= self.settings.max_queued_tasks:
                 raise ServiceUnavailable("The queue is full; try again later.")
-            active = session.execute(_COUNT_ACTIVE, {"key_id": key.id}).scalar_one()
             if active >= self.settings.max_active_tasks_per_key:
                 raise TooManyActiveTasks(
                     f"This key already has {active} unfinished tasks (the limit is "
                     f"{self.settings.max_active_tasks_per_key}); wait for some to finish."
                 )
             if idempotency_key is not None:
-                session.execute(
+                connection.execute(
                     delete(IdempotencyKey).where(
                         IdempotencyKey.api_key_id == key.id,
                         IdempotencyKey.key == idempotency_key,
                         IdempotencyKey.created_at < now - self.settings.idempotency_ttl_seconds,
                     )
                 )
-            ledger.reserve(session, key.id, task_id, price, now)
-            task = Task(
-                id=task_id,
-                created_seq=self._next_seq(),
-                api_key_id=key.id,
-                requested_model=request.model,
-                model=plan.model,
-                status=Status.PENDING,
-                progress=0,
-                created=created,
-                updated_at=now,
-                prompt=request.prompt,
-                duration=request.duration,
-                quality=request.quality,
-                aspect_ratio=request.aspect_ratio,
-                image_url=request.image_url,
-                callback_url=request.callback_url,
-                seed=request.seed,
-                width=None if video_request.has_image else plan.width,
-                height=None if video_request.has_image else plan.height,
-                fps=plan.fps,
-                frames=plan.frames,
-                credits=price,
-                user_group=key.group,
-                estimated_seconds=estimate,
-                attempts=0,
-                face=request.face,
-            )
-            session.add(task)
+            ledger.reserve(connection, key.id, task_id, price, now)
+            values: dict[str, Any] = {
+                "id": task_id,
+                "created_seq": seq,
+                "api_key_id": key.id,
+                "requested_model": request.model,
+                "model": plan.model,
+                "status": Status.PENDING,
+                "progress": 0,
+                "created": created,
+                "updated_at": now,
+                "started_at": None,
+                "finished_at": None,
+                "prompt": request.prompt,
+                "duration": request.duration,
+                "quality": request.quality,
+                "aspect_ratio": request.aspect_ratio,
+                "image_url": request.image_url,
+                "callback_url": request.callback_url,
+                "seed": request.seed,
+                "width": None if video_request.has_image else plan.width,
+                "height": None if video_request.has_image else plan.height,
+                "fps": plan.fps,
+                "frames": plan.frames,
+                "credits": price,
+                "user_group": key.group,
+                "estimated_seconds": estimate,
+                "attempts": 0,
+                "face": request.face,
+            }
+            # The answer says pending, as created, before any worker hears of it; its estimate
+            # counts the queue as it stands before this task joins it.
+            estimated_time = self._pending_estimate(connection, request.model, seq, estimate)
+            connection.execute(_INSERT_TASK, values)
             if idempotency_key is not None:
-                session.flush()
-                session.add(
-                    IdempotencyKey(
-                        api_key_id=key.id,
-                        key=idempotency_key,
-                        request_hash=request_hash,
-                        task_id=task_id,
-                        created_at=now,
-                    )
+                connection.execute(
+                    _INSERT_IDEMPOTENCY_KEY,
+                    {
+                        "api_key_id": key.id,
+                        "key": idempotency_key,
+                        "request_hash": request_hash,
+                        "task_id": task_id,
+                        "created_at": now,
+                    },
                 )
-            # The task as created, before any worker hears of it: the answer says pending.
-            session.flush()
-            view = self._view(session, task)
+        self.queued_work.added(request.model, seq, estimate)
+        view = TaskView(
+            **{name: values[name] for name in _VIEW_COLUMNS},
+            status=Status.PENDING,
+            estimated_time=estimated_time,
+            result_file=None,
+            result_expires_at=None,
+            error_code=None,
+            error_message=None,
+        )
         if self.metrics is not None:
             self.metrics.tasks_created.labels(request.model).inc()
             self.metrics.credits.labels("reserved").inc(price)
@@ -304,19 +342,17 @@ class TaskService:
         """A key's own task; another key's task is as unknown as a missing one."""
         if not _TASK_ID.fullmatch(task_id):
             raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
-        with self.db.read() as session:
-            row = session.execute(
-                _KEY_TASK, {"task_id": task_id, "key_id": key_id}
-            ).scalar_one_or_none()
+        with self.db.connect() as connection:
+            row = connection.execute(_KEY_TASK, {"task_id": task_id, "key_id": key_id}).first()
             if row is None:
                 raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
-            return self._view(session, row)
+            return self._view(connection, row)
 
     def get_task_unscoped(self, task_id: str) -> TaskView | None:
         """For internal callers (workers, result downloads), never for a face's read."""
         with self.db.read() as session:
             row = session.get(Task, task_id)
-            return None if row is None else self._view(session, row)
+            return None if row is None else self._view(session.connection(), row)
 
     def list_tasks(
         self, key_id: str, *, limit: int = 20, after: str | None = None, newest_first: bool = True
@@ -337,72 +373,50 @@ class TaskService:
                 )
             order = Task.created_seq.desc() if newest_first else Task.created_seq.asc()
             rows = session.execute(query.order_by(order).limit(limit + 1)).scalars().all()
-            views = [self._view(session, row) for row in rows[:limit]]
+            views = [self._view(session.connection(), row) for row in rows[:limit]]
             return views, len(rows) > limit
 
-    def _view(self, session: Session, row: Task) -> TaskView:
+    def _view(self, connection: Connection, row: TaskRow) -> TaskView:
         return TaskView(
-            id=row.id,
-            api_key_id=row.api_key_id,
-            requested_model=row.requested_model,
-            model=row.model,
+            **{name: getattr(row, name) for name in _VIEW_COLUMNS},
             status=Status(row.status),
-            progress=row.progress,
-            created=row.created,
-            updated_at=row.updated_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            prompt=row.prompt,
-            duration=row.duration,
-            quality=row.quality,
-            aspect_ratio=row.aspect_ratio,
-            image_url=row.image_url,
-            callback_url=row.callback_url,
-            seed=row.seed,
-            width=row.width,
-            height=row.height,
-            fps=row.fps,
-            frames=row.frames,
-            credits=row.credits,
-            user_group=row.user_group,
-            estimated_time=self._estimated_time(session, row),
+            estimated_time=self._estimated_time(connection, row),
             result_file=row.result_file,
             result_expires_at=row.result_expires_at,
             error_code=row.error_code,
             error_message=row.error_message,
             usage=row.usage,
-            face=row.face,
         )
 
-    def _estimated_time(self, session: Session, row: Task) -> int:
+    def _estimated_time(self, connection: Connection, row: TaskRow) -> int:
         """Seconds until done: the engine's estimate, plus the work queued ahead for the model."""
         if row.status in TERMINAL:
             return 0
         own = row.estimated_seconds
         if row.status == Status.PROCESSING:
             return max(1, math.ceil(own * (100 - row.progress) / 100))
-        ahead = session.execute(
-            _AHEAD, {"model": row.requested_model, "seq": row.created_seq}
-        ).scalar_one()
-        running = session.execute(_RUNNING, {"model": row.requested_model}).scalar_one()
-        lanes = self._lanes(session, row.requested_model)
-        factor = self._speed_factor(session, row.requested_model)
-        queued = (float(ahead) + float(running)) / max(1, lanes)
-        return max(1, math.ceil((queued + own) * factor))
+        return self._pending_estimate(connection, row.requested_model, row.created_seq, own)
 
-    def _lanes(self, session: Session, model: str) -> int:
+    def _pending_estimate(self, connection: Connection, model: str, seq: int, own: float) -> int:
+        """A pending task's estimate: the work ahead shared by the live lanes, then its own."""
+        ahead = self.queued_work.ahead(connection, model, seq)
+        lanes = self._lanes(connection, model)
+        factor = self._speed_factor(connection, model)
+        return max(1, math.ceil((ahead / max(1, lanes) + own) * factor))
+
+    def _lanes(self, connection: Connection, model: str) -> int:
         """Live lanes for the model (cached for a second: heartbeats are seconds apart)."""
         now = self.clock.now()
         cached = self._lanes_cache.get(model)
         if cached is not None and 0 <= now - cached[0] < 1.0:
             return cached[1]
-        lanes = (self.lanes_for(model, session) if self.lanes_for else 0) or (
+        lanes = (self.lanes_for(model, connection) if self.lanes_for else 0) or (
             self.planner.concurrency(model)
         )
         self._lanes_cache[model] = (now, lanes)
         return lanes
 
-    def _speed_factor(self, session: Session, model: str) -> float:
+    def _speed_factor(self, connection: Connection, model: str) -> float:
         """Measured run time over estimated run time for the model's recent tasks (median).
 
         Corrects every engine estimate with what this deployment's workers really achieve.
@@ -411,7 +425,7 @@ class TaskService:
         cached = self._speed_cache.get(model)
         if cached is not None and now - cached[0] < 10:
             return cached[1]
-        rows = session.execute(
+        rows = connection.execute(
             select(Task.started_at, Task.finished_at, Task.estimated_seconds)
             .where(
                 Task.requested_model == model,
@@ -834,7 +848,7 @@ class TaskService:
                 .scalars()
                 .all()
             )
-            return [self._view(session, row) for row in rows], int(total)
+            return [self._view(session.connection(), row) for row in rows], int(total)
 
     def delete_result(self, key_id: str, task_id: str, delete: Callable[[str], None]) -> TaskView:
         """Delete a finished task's result file now; the task record and its ledger stay.
