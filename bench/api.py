@@ -1,8 +1,8 @@
-"""API throughput and latency next to a bare Starlette floor, on real processes over loopback.
+"""API throughput and latency next to a bare Starlette floor and a bare FastAPI app, over loopback.
 
     .venv/bin/python bench/api.py --concurrency 50 200 --seconds 10
 
-For each concurrency level, a fresh SQLite database and two servers on 127.0.0.1, each one
+For each concurrency level, a fresh SQLite database and three servers on 127.0.0.1, each one
 uvicorn process (one uvicorn worker, uvicorn's defaults: uvloop and httptools where installed,
 access log off via log level `warning`):
 
@@ -11,22 +11,32 @@ access log off via log level `warning`):
   limits, the per-key active-task cap and the queue cap raised out of the way;
 - the floor: a bare Starlette app (this file, `floor`), one route answering GET and POST with a
   fixed JSON object shaped like a task object (a POST reads its body first).
+- the FastAPI app: the same two requests as an idiomatic FastAPI app writes them (this file,
+  `floor --kind fastapi`): the create validates opendance's request model from the body, both
+  return the fixed object as a dict. No auth, no database: the framework's own cost, which
+  opendance (a FastAPI app) cannot go below.
 
 A load generator in its own process (this file, `load`: asyncio on uvloop, one keep-alive
 HTTP/1.1 connection per client, a minimal response parser, much cheaper per request than httpx;
 its CPU use is reported, to show it is not the bottleneck) drives each server with
 `--concurrency` clients, each sending its next request as soon as the previous answer is in
-(closed loop). The runs, in order: floor POST, opendance create (`POST /v1/videos/generations`,
-480p, 5 s, one API key), floor GET, opendance get (`GET /v1/tasks/{id}`, cycling through the
-tasks the create run made). Each run: connections opened, `--warmup` seconds not counted, then
-`--seconds` measured:
+(closed loop). The runs, in order: floor POST, FastAPI app POST, opendance create (`POST
+/v1/videos/generations`, 480p, 5 s, one API key), floor GET, FastAPI app GET, opendance get
+(`GET /v1/tasks/{id}`, cycling through the tasks the create run made). Each run: connections
+opened, `--warmup` seconds not counted, then `--seconds` measured:
 
 - req/s: responses completed in the window / window;
 - p50, p99: latency of the requests sent and answered inside the window (ms);
 - CPU ms/req: the server process's CPU time (all its threads) over the window per answered
   request, a figure that other load on the machine disturbs less than req/s does; and the load
   generator's CPU in % of one core (the machine has few cores and it shares them);
-- ratio: opendance req/s / floor req/s at the same concurrency and method.
+- ratio: opendance req/s / floor req/s at the same concurrency and method; and the same for
+  the FastAPI app against the floor, and opendance against the FastAPI app.
+
+`--rate R` makes every run open loop instead: R requests per second are due on a fixed
+schedule, spread over the connections; a request that finds every connection busy waits, and
+its latency counts from when it was due (no coordinated omission). Latency at an offered rate
+below saturation is what a client of a busy, not overloaded, server sees.
 
 Any non-2xx answer is counted and shown; a run with errors is flagged. `--profile DIR` adds,
 after the measured runs, a create and a get run at the highest concurrency under `py-spy record`
@@ -138,20 +148,16 @@ def _die_with_parent() -> None:
 # ---------------------------------------------------------------------------- the floor
 
 
-def serve_floor(port: int, log_level: str) -> None:
-    """The floor: one Starlette route, a fixed JSON answer, under uvicorn like opendance."""
+def serve_floor(port: int, log_level: str, kind: str) -> None:
+    """A floor app (bench/floors.py) under uvicorn with the settings `opendance serve` uses."""
+    import floors
     import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
-    async def endpoint(request: Request) -> JSONResponse:
-        if request.method == "POST":
-            await request.body()
-        return JSONResponse(FLOOR_OBJECT)
-
-    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
+    app = (
+        floors.fastapi_app(FLOOR_OBJECT)
+        if kind == "fastapi"
+        else floors.starlette_app(FLOOR_OBJECT)
+    )
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -179,6 +185,8 @@ class LoadSpec:
     body: str = ""
     #: Where to write the ids of the created tasks (create runs).
     ids_out: str = ""
+    #: Requests per second offered on a schedule (open loop); 0: closed loop.
+    rate: float = 0.0
 
 
 class _Connection(asyncio.Protocol):
@@ -259,8 +267,19 @@ async def _drive(spec: LoadSpec) -> dict[str, Any]:
         marks["cpu_server_end"] = process_cpu_seconds(spec.server_pid)
         marks["cpu_load_end"] = time.process_time()
 
-    async def client(index: int, connection: _Connection) -> None:
+    def record(sent: float, status: int, body: bytes) -> None:
         nonlocal completed
+        answered = time.perf_counter()
+        if window_start <= answered <= window_end:
+            completed += 1
+            statuses[status] += 1
+            if sent >= window_start:
+                latencies.append(answered - sent)
+        if spec.ids_out and status == 200:
+            bodies.append(body)
+
+    async def client(index: int, connection: _Connection) -> None:
+        """Closed loop: the next request as soon as the answer is in."""
         turn = index
         while True:
             sent = time.perf_counter()
@@ -268,16 +287,38 @@ async def _drive(spec: LoadSpec) -> dict[str, Any]:
                 return
             status, body = await connection.request(requests[turn % len(requests)])
             turn += spec.concurrency
-            answered = time.perf_counter()
-            if window_start <= answered <= window_end:
-                completed += 1
-                statuses[status] += 1
-                if sent >= window_start:
-                    latencies.append(answered - sent)
-            if spec.ids_out and status == 200:
-                bodies.append(body)
+            record(sent, status, body)
 
-    await asyncio.gather(mark_window(), *(client(i, c) for i, c in enumerate(connections)))
+    # Open loop: request n is due at started + n / rate, whatever the answers do; a request
+    # waits for a free connection if it must, and its latency counts from when it was due
+    # (no coordinated omission).
+    due: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
+
+    async def pacer() -> None:
+        number = 0
+        while True:
+            at = started + number / spec.rate
+            if at >= window_end:
+                break
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            due.put_nowait((at, number))
+            number += 1
+        for _ in connections:
+            due.put_nowait((float("inf"), -1))
+
+    async def scheduled_client(connection: _Connection) -> None:
+        while True:
+            at, number = await due.get()
+            if number < 0:
+                return
+            status, body = await connection.request(requests[number % len(requests)])
+            record(at, status, body)
+
+    if spec.rate > 0:
+        drivers = [pacer(), *(scheduled_client(c) for c in connections)]
+    else:
+        drivers = [client(i, c) for i, c in enumerate(connections)]
+    await asyncio.gather(mark_window(), *drivers)
     for connection in connections:
         if connection.transport is not None:
             connection.transport.close()
@@ -464,6 +505,7 @@ def measure(
         token=token,
         body=body,
         ids_out=str(ids_out or ""),
+        rate=args.rate,
     )
     result = load(spec, timeout=args.warmup + args.seconds + 120)
     server.check_alive()
@@ -485,15 +527,20 @@ def run_level(
     level = root / f"c{concurrency}"
     data_dir = level / "data"
     token = prepare_database(data_dir)
-    ours_port, floor_port = free_port(), free_port()
+    ours_port, floor_port, fastapi_port = free_port(), free_port(), free_port()
     results: list[Result] = []
     info: dict[str, Any] = {}
-    floor_env = {**_clean_env(), "BENCH_PORT": str(floor_port)}
-    floor_args = [sys.executable, __file__, "floor", "--port", str(floor_port)]
-    floor_args += ["--log-level", args.log_level]
+
+    def floor_server(kind: str, port: int) -> contextlib.AbstractContextManager[Server]:
+        command = [sys.executable, __file__, "floor", "--port", str(port), "--kind", kind]
+        command += ["--log-level", args.log_level]
+        env = {**_clean_env(), "BENCH_PORT": str(port)}
+        return spawned(kind, command, env, level / f"{kind}-floor.log")
+
     ours_args = [sys.executable, "-m", "opendance", "serve", "--no-workers"]
     with (
-        spawned("floor", floor_args, floor_env, level / "floor.log") as floor,
+        floor_server("starlette", floor_port) as floor,
+        floor_server("fastapi", fastapi_port) as fastapi_app,
         spawned(
             "opendance",
             ours_args,
@@ -504,8 +551,10 @@ def run_level(
         ids_file = level / "ids.txt"
         plan: list[tuple[Server, str, str]] = [
             (floor, "floor", "create"),
+            (fastapi_app, "fastapi", "create"),
             (ours, "opendance", "create"),
             (floor, "floor", "get"),
+            (fastapi_app, "fastapi", "get"),
             (ours, "opendance", "get"),
         ]
         for server, target, op in plan:
@@ -648,6 +697,7 @@ def results_table(results: Sequence[Result]) -> str:
         if r.target != "opendance":
             continue
         floor = by_key.get((r.concurrency, "floor", r.op))
+        fastapi_app = by_key.get((r.concurrency, "fastapi", r.op))
         cells = []
         for one in (r, floor):
             if one is None:
@@ -661,8 +711,21 @@ def results_table(results: Sequence[Result]) -> str:
                 f"{1000 * one.server_cpu / one.rps:.2f}" if one.rps else "-",
             ]
         ratio = f"{100 * r.rps / floor.rps:.1f} %" if floor and floor.rps else "-"
-        load_cpu = max(r.load_cpu, floor.load_cpu if floor else 0.0)
-        rows.append([str(r.concurrency), r.op, *cells, ratio, f"{100 * load_cpu:.0f}"])
+        if fastapi_app is not None and fastapi_app.rps:
+            errors = f" ({fastapi_app.errors} non-2xx)" if fastapi_app.errors else ""
+            fastapi_cells = [
+                f"{fastapi_app.rps:,.0f}{errors}",
+                f"{fastapi_app.p99_ms:.1f}",
+                f"{1000 * fastapi_app.server_cpu / fastapi_app.rps:.2f}",
+                f"{100 * fastapi_app.rps / floor.rps:.1f} %" if floor and floor.rps else "-",
+                f"{100 * r.rps / fastapi_app.rps:.1f} %",
+            ]
+        else:
+            fastapi_cells = ["-"] * 5
+        load_cpu = max(x.load_cpu for x in (r, floor, fastapi_app) if x is not None)
+        rows.append(
+            [str(r.concurrency), r.op, *cells, ratio, *fastapi_cells, f"{100 * load_cpu:.0f}"]
+        )
     return markdown(
         [
             "clients",
@@ -676,6 +739,11 @@ def results_table(results: Sequence[Result]) -> str:
             "p99 ms",
             "CPU ms/req",
             "ratio",
+            "FastAPI app req/s",
+            "p99 ms",
+            "CPU ms/req",
+            "FastAPI / floor",
+            "opendance / FastAPI",
             "load gen CPU %",
         ],
         rows,
@@ -694,14 +762,22 @@ def main() -> None:
         floor = argparse.ArgumentParser(prog="api.py floor")
         floor.add_argument("--port", type=int, required=True)
         floor.add_argument("--log-level", default="warning")
+        floor.add_argument("--kind", choices=["starlette", "fastapi"], default="starlette")
         floor_args = floor.parse_args(sys.argv[2:])
-        serve_floor(floor_args.port, floor_args.log_level)
+        serve_floor(floor_args.port, floor_args.log_level, floor_args.kind)
         return
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many requests/s on a schedule over the connections (open loop) "
+        "instead of each client sending again as soon as it is answered",
+    )
     parser.add_argument(
         "--log-level", default="warning", help="uvicorn/opendance log level of both servers"
     )
@@ -711,8 +787,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args()
-    if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup < 0:
-        parser.error("--concurrency must be >= 1, --seconds > 0, --warmup >= 0")
+    if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup < 0 or args.rate < 0:
+        parser.error("--concurrency must be >= 1, --seconds > 0, --warmup >= 0, --rate >= 0")
     if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
         parser.error(f"--keep {args.keep} is not empty")
 
@@ -749,8 +825,15 @@ def main() -> None:
         f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "
         f"after: {', '.join(f'{x:.2f}' for x in load_after)}"
     )
+    loop_kind = (
+        f"open loop: {args.rate:g} requests/s offered over the connections, latency from when "
+        "each was due"
+        if args.rate
+        else "closed loop: each client sends again as soon as it is answered"
+    )
     print(
-        f"\n{args.seconds:g} s measured per run after {args.warmup:g} s warm-up. CPU ms/req: the "
+        f"\n{loop_kind}. {args.seconds:g} s measured per run after {args.warmup:g} s warm-up. "
+        "CPU ms/req: the "
         "server process's CPU time (all threads) per answered request; load gen CPU %: the "
         "busier of the two load generator runs, in % of one core:\n"
     )
