@@ -223,13 +223,13 @@ def test_list_pages_and_filters(server: LiveServer) -> None:
     page = tasks.list(page_num=2, page_size=3)
     assert page.total == 4 and [t.id for t in page.items] == [made[0]]
 
-    tasks.delete(made[1])  # succeeded: its video is deleted, the task stays
-    assert tasks.list(status="succeeded").total == 4
+    tasks.delete(made[1])  # succeeded: the task is deleted, and no list shows it again
+    assert tasks.list(status="succeeded").total == 3
     assert tasks.list(status="failed").total == 0
-    picked = tasks.list(task_ids=[made[0], made[2], "task-unified-1-nothere"])
+    picked = tasks.list(task_ids=[made[0], made[1], made[2], "task-unified-1-nothere"])
     assert sorted(t.id for t in picked.items) == sorted([made[0], made[2]])
-    assert tasks.list(model=DEFAULT_MODEL).total == 4  # the requested name
-    assert tasks.list(model="opendance-sandbox").total == 4  # the engine's model
+    assert tasks.list(model=DEFAULT_MODEL).total == 3  # the requested name
+    assert tasks.list(model="opendance-sandbox").total == 3  # the engine's model
     assert tasks.list(model="some-other-model").total == 0
     assert tasks.list(service_tier="flex").total == 0
     with pytest.raises(ArkBadRequestError) as bad:
@@ -261,10 +261,14 @@ def test_delete_cancels_queued_and_deletes_finished(server_factory: ServerFactor
     url = task.content.video_url
     assert httpx.get(url).status_code == 200
     tasks.delete(done.id)
-    after = tasks.get(task_id=done.id)
-    assert after.status == "succeeded" and after.content is None
+    with pytest.raises(ArkNotFoundError) as gone:
+        tasks.get(task_id=done.id)
+    assert gone.value.code == "ResourceNotFound"
     assert httpx.get(url).status_code == 410
-    tasks.delete(done.id)  # a second delete of a finished task is fine
+    with pytest.raises(ArkNotFoundError) as again:
+        tasks.delete(done.id)  # as Ark: a deleted task is unknown
+    assert again.value.code == "ResourceNotFound"
+    assert server.get(key, done.id).status_code == 404
 
 
 # ---------------------------------------------------------------------------------------------

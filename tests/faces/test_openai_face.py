@@ -271,7 +271,7 @@ def test_list_paginates_with_after_limit_and_order(idle_server: LiveServer) -> N
     assert [v.id for v in last.data] == [made[0]] and last.has_more is False
 
 
-def test_delete_removes_the_files_and_cancels_a_running_video(server: LiveServer) -> None:
+def test_delete_removes_the_video_and_its_files(server: LiveServer) -> None:
     key = server.new_key(credits=100)
     client = openai_client(server, key)
     video = client.videos.create_and_poll(prompt="gone soon", size="864x480", poll_interval_ms=50)
@@ -281,9 +281,12 @@ def test_delete_removes_the_files_and_cancels_a_running_video(server: LiveServer
     assert list(server.runtime.settings.results_dir.iterdir()) == []
     with pytest.raises(openai.NotFoundError):
         client.videos.download_content(video.id)
-    assert client.videos.retrieve(video.id).status == "completed"
-    assert server.get(key, video.id).json()["results"] == []
-    assert client.videos.delete(video.id).deleted is True  # deleting twice is fine
+    with pytest.raises(openai.NotFoundError) as gone:
+        client.videos.retrieve(video.id)
+    assert gone.value.code == "task_not_found"
+    assert server.get(key, video.id).status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.videos.delete(video.id)  # as OpenAI: a deleted video is unknown
 
 
 def test_delete_of_a_queued_video_cancels_and_refunds(idle_server: LiveServer) -> None:
@@ -291,9 +294,11 @@ def test_delete_of_a_queued_video_cancels_and_refunds(idle_server: LiveServer) -
     client = openai_client(idle_server, key)
     video = client.videos.create(prompt="never mind", size="864x480", seconds="4")
     assert client.videos.delete(video.id).deleted is True
-    assert idle_server.get(key, video.id).json()["status"] == "cancelled"
+    assert idle_server.get(key, video.id).status_code == 404
     owner = idle_server.runtime.accounts.authenticate(key)
     assert owner is not None and idle_server.runtime.accounts.get(owner.id).balance == 100
+    internal = idle_server.runtime.service.get_task_unscoped(video.id)
+    assert internal is not None and internal.status == Status.CANCELLED
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ second user's credentials; the faces' tests cover another key's task) and these 
   rules that JSON Schema does not express (a prompt of only spaces, `keep_ratio` without an
   image, an image URL that must be public, a signed URL that expired), and those answer
   400/410 by design.
-- `use_after_free` demands a 404 for anything read after a DELETE. Here `DELETE` on a video or
-  an Ark task cancels it or deletes its result file, and the task itself stays readable (as
-  `cancelled`, or finished without content), which is the faces' documented behaviour.
+- `use_after_free` demands a 404 for anything read after a DELETE. A deleted task is a 404
+  everywhere, but Ark's `DELETE` of a queued or running task only cancels it (as Ark does),
+  and the task stays readable as `cancelled`: the check cannot tell the two apart.
 
 Seeded and single-worker: a run is reproducible (the seed is printed with any failure); the
 CLI's output, its JSON report and the config are kept beside each other in the test's tmp dir.

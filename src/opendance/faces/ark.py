@@ -511,12 +511,19 @@ def list_tasks(
 
 @router.delete(
     PREFIX + "/{task_id}",
-    summary="Cancel a queued or running task; delete a finished task's video",
+    summary="Cancel a queued or running task; delete a finished task (then it is a 404)",
     responses=error_responses(
-        {404: "ResourceNotFound", 409: "InvalidTaskStatus: the task is already cancelled"}
+        {
+            404: "ResourceNotFound (also for a task already deleted)",
+            409: "InvalidTaskStatus: the task is already cancelled",
+        }
     ),
 )
 def delete_task(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
+    """As Ark: a queued or running task is cancelled (and stays); a finished one is deleted.
+
+    A deleted task, its video file gone, answers 404 on every face. A cancelled task: 409.
+    """
     runtime = request.app.state.runtime
     service = runtime.service
     view = service.get_task(key.id, task_id)
@@ -533,5 +540,5 @@ def delete_task(task_id: str, key: CurrentKey, request: Request) -> dict[str, An
             f"Task '{task_id}' is already cancelled.",
             param="task_id",
         )
-    service.delete_result(key.id, task_id, lambda name: remove_result(runtime.results, name))
+    service.delete_task(key.id, task_id, lambda name: remove_result(runtime.results, name))
     return {}

@@ -2,8 +2,9 @@
 
 Each status or progress change of the task is sent as `event: task` with the task object (the
 same body as `GET /v1/tasks/{task_id}`) as it happens; the stream ends after the event that
-carries a terminal status (`completed`, `failed`, `cancelled`). The polling API stays the
-contract: the stream is a convenience, and a client that loses it can always poll.
+carries a terminal status (`completed`, `failed`, `cancelled`), or without one if the task is
+deleted meanwhile (the OpenAI and Ark faces cancel a running task, then delete it). The polling
+API stays the contract: the stream is a convenience, and a client that loses it can always poll.
 
 Changes are seen two ways. In this process, the task service's `on_changed` and `on_created`
 listeners wake the streams of that task at once. Changes made by other processes (scaled-out
@@ -30,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from opendance.faces.auth import CurrentKey
 from opendance.faces.errors import KEY_ERRORS, error_responses
 from opendance.faces.seed import task_object
+from opendance.tasks.errors import TaskNotFound
 from opendance.tasks.models import TaskView
 from opendance.tasks.states import TERMINAL
 
@@ -126,7 +128,10 @@ async def stream_task(
                 await asyncio.wait_for(changed.wait(), timeout=POLL_SECONDS)
             # Clear before reading: a change committed after this read sets it again.
             changed.clear()
-            view = await run_in_threadpool(service.get_task, key_id, first.id)
+            try:
+                view = await run_in_threadpool(service.get_task, key_id, first.id)
+            except TaskNotFound:  # deleted: it is as unknown now as to a new request
+                return
             now = time.monotonic()
             if (view.status, view.progress) != last:
                 last = (view.status, view.progress)

@@ -539,7 +539,7 @@ _CREATE_BODY: Final[dict[str, Any]] = {
     },
 }
 
-_NOT_FOUND = error_responses({404: "No such video (or another key's)"})
+_NOT_FOUND = error_responses({404: "No such video (deleted, or another key's)"})
 #: GET/DELETE /v1/videos/generations: a Seedance path, not a video id.
 _RESERVED = error_responses({405: "A Seedance path under /v1/videos, not a video id"})
 _CREATE_ERRORS = error_responses(
@@ -619,7 +619,7 @@ def retrieve_video(video_id: VideoId, key: CurrentKey, request: Request) -> JSON
     responses={
         200: {"content": {"video/mp4": {}, "image/webp": {}, "image/jpeg": {}}},
         **error_responses(
-            {404: "No such video, or it has no content (not finished, deleted, expired)"}
+            {404: "No such video (or deleted), or it has no content (not finished, expired)"}
         ),
         **_RESERVED,
     },
@@ -662,17 +662,21 @@ async def download_content(
 
 @router.delete(
     "/v1/videos/{video_id}",
-    summary="Delete a video: cancel it if it is still running, delete its files",
+    summary="Delete a video (cancelled first if it is still running); then it is a 404",
     responses={**_NOT_FOUND, **_RESERVED},
 )
 def delete_video(video_id: VideoId, key: CurrentKey, request: Request) -> dict[str, Any]:
+    """As OpenAI: the video is gone afterwards (retrieve, content and a second delete: 404).
+
+    Its credits are settled (or refunded by the cancel) as for any task; the ledger keeps them.
+    """
     runtime = request.app.state.runtime
     service = runtime.service
     view = service.get_task(key.id, video_id)
     if view.status not in TERMINAL:
         with contextlib.suppress(TaskNotCancellable):  # if it ended meanwhile, delete below
             service.cancel_task(key.id, video_id)
-    service.delete_result(key.id, video_id, lambda name: remove_result(runtime.results, name))
+    service.delete_task(key.id, video_id, lambda name: remove_result(runtime.results, name))
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 
 

@@ -117,6 +117,9 @@ class Task(Base):
     engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The API face the task came through (seed, openai, ark): its callbacks use that format.
     face: Mapped[str] = mapped_column(String(16), default="seed", server_default="seed")
+    # When the key deleted the task (an OpenAI or Ark DELETE). Key-scoped reads then treat it as
+    # unknown; the row stays, because its ledger entries and callbacks refer to it.
+    deleted_at: Mapped[float | None] = mapped_column(Float)
 
 
 class CallbackDelivery(Base):

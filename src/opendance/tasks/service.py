@@ -76,7 +76,9 @@ _COUNTS = select(
 _INSERT_TASK = insert(Task)
 _INSERT_IDEMPOTENCY_KEY = insert(IdempotencyKey)
 _KEY_TASK = select(Task.__table__).where(
-    Task.id == bindparam("task_id"), Task.api_key_id == bindparam("key_id")
+    Task.id == bindparam("task_id"),
+    Task.api_key_id == bindparam("key_id"),
+    Task.deleted_at.is_(None),
 )
 
 #: A task row: an ORM object, or a Core row of the tasks table (same attribute names).
@@ -229,7 +231,13 @@ class TaskService:
                     param="Idempotency-Key",
                 )
             task_id = row.task_id
-        return self.get_task(key_id, task_id)
+        try:
+            return self.get_task(key_id, task_id)
+        except TaskNotFound:
+            raise TaskNotFound(
+                f"The task this Idempotency-Key made ('{task_id}') has been deleted.",
+                param="Idempotency-Key",
+            ) from None
 
     def _create(
         self, key: KeyInfo, request: CreateTask, idempotency_key: str | None, request_hash: str
@@ -339,7 +347,7 @@ class TaskService:
         return view
 
     def get_task(self, key_id: str, task_id: str) -> TaskView:
-        """A key's own task; another key's task is as unknown as a missing one."""
+        """A key's own task; another key's, or a deleted one, is as unknown as a missing one."""
         if not _TASK_ID.fullmatch(task_id):
             raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
         with self.db.connect() as connection:
@@ -349,7 +357,10 @@ class TaskService:
             return self._view(connection, row)
 
     def get_task_unscoped(self, task_id: str) -> TaskView | None:
-        """For internal callers (workers, result downloads), never for a face's read."""
+        """For internal callers (workers, result downloads), never for a face's read.
+
+        Deleted tasks are returned too: workers and the callback sender still finish with them.
+        """
         with self.db.read() as session:
             row = session.get(Task, task_id)
             return None if row is None else self._view(session.connection(), row)
@@ -357,9 +368,13 @@ class TaskService:
     def list_tasks(
         self, key_id: str, *, limit: int = 20, after: str | None = None, newest_first: bool = True
     ) -> tuple[list[TaskView], bool]:
-        """A page of a key's tasks and whether more follow."""
+        """A page of a key's tasks (deleted ones left out) and whether more follow.
+
+        A deleted task still works as the `after` cursor: a client that deletes what it lists,
+        page by page, passes the last (now deleted) id of a page to get the next one.
+        """
         with self.db.read() as session:
-            query = select(Task).where(Task.api_key_id == key_id)
+            query = select(Task).where(Task.api_key_id == key_id, Task.deleted_at.is_(None))
             if after is not None:
                 if not _TASK_ID.fullmatch(after):
                     raise TaskNotFound(f"No task with id '{after}'.", param="after")
@@ -820,7 +835,7 @@ class TaskService:
         """
         from sqlalchemy import or_
 
-        conditions = [Task.api_key_id == key_id]
+        conditions = [Task.api_key_id == key_id, Task.deleted_at.is_(None)]
         if statuses:
             conditions.append(Task.status.in_([str(s) for s in statuses]))
         if task_ids:
@@ -850,32 +865,37 @@ class TaskService:
             )
             return [self._view(session.connection(), row) for row in rows], int(total)
 
-    def delete_result(self, key_id: str, task_id: str, delete: Callable[[str], None]) -> TaskView:
-        """Delete a finished task's result file now; the task record and its ledger stay.
+    def delete_task(self, key_id: str, task_id: str, delete: Callable[[str], None]) -> None:
+        """Delete a key's finished task: every face then answers it as unknown (404).
 
-        For faces whose API deletes videos (OpenAI, Ark). `delete` removes the file (and
-        anything cached beside it). A task still running must be cancelled first: 409.
+        For faces whose API deletes videos (OpenAI, Ark). The row stays, marked deleted and
+        without its result, because the ledger, the outbox and internal readers refer to it;
+        `delete` then removes the result file (and anything cached beside it). A task still
+        pending or processing must be cancelled first: 409. Unknown or already deleted: 404.
         """
-        view = self.get_task(key_id, task_id)
-        if view.status not in TERMINAL:
-            raise TaskNotCancellable(
-                f"Task '{task_id}' is still {view.status}; cancel it before deleting its result.",
-                param="task_id",
-                code="task_not_finished",
-            )
-        if view.result_file is None:
-            return view
+        if not _TASK_ID.fullmatch(task_id):
+            raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+        now = self.clock.now()
+        live = (Task.id == task_id, Task.api_key_id == key_id, Task.deleted_at.is_(None))
         with self.db.write() as session:
-            result = session.execute(
-                update(Task)
-                .where(
-                    Task.id == task_id,
-                    Task.api_key_id == key_id,
-                    Task.result_file == view.result_file,
+            # The row lock (PostgreSQL; SQLite's write transaction is exclusive already) keeps
+            # the result file read here the one the update below clears.
+            row = session.execute(
+                select(Task.status, Task.result_file).where(*live).with_for_update()
+            ).first()
+            if row is None:
+                raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+            status, result_file = Status(row.status), row.result_file
+            if status not in TERMINAL:
+                raise TaskNotCancellable(
+                    f"Task '{task_id}' is still {status}; cancel it before deleting it.",
+                    param="task_id",
+                    code="task_not_finished",
                 )
-                .values(result_file=None, updated_at=self.clock.now())
+            session.execute(
+                update(Task).where(*live).values(deleted_at=now, result_file=None, updated_at=now)
             )
-            removed = result.rowcount == 1  # type: ignore[attr-defined]
-        if removed:
-            delete(view.result_file)
-        return self.get_task(key_id, task_id)
+        log.info("task %s deleted", task_id)
+        if result_file is not None:
+            delete(result_file)
+        self._changed(task_id)  # open event streams of the task end
