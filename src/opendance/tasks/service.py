@@ -268,7 +268,8 @@ class TaskService:
         created = int(now)
         task_id = new_task_id(created)
         with self.db.transaction() as connection:
-            seq = self._next_seq()  # under the writer lock: queue order is commit order
+            # Taken inside the transaction: on SQLite (one writer) queue order is commit order.
+            seq = self._next_seq()
             pending, active = connection.execute(_COUNTS, {"key_id": key.id}).one()
             if pending >= self.settings.max_queued_tasks:
                 raise ServiceUnavailable("The queue is full; try again later.")
