@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from opendance import __version__
 from opendance.callbacks.deliver import CallbackSender
@@ -19,9 +20,11 @@ from opendance.dispatch.local import LocalDispatcher
 from opendance.dispatch.maintenance import Maintenance
 from opendance.dispatch.registry import WorkerRegistry
 from opendance.dispatch.runner import TaskRunner
+from opendance.engines.catalog import ModelCatalog
 from opendance.engines.registry import EngineRouter
 from opendance.faces import (
     account,
+    api_docs,
     ark,
     events,
     files,
@@ -33,6 +36,7 @@ from opendance.faces import (
     webhooks,
 )
 from opendance.faces import metrics as metrics_face
+from opendance.faces import models as models_face
 from opendance.faces.errors import install_error_handlers
 from opendance.faces.limits import KeyRateLimiter
 from opendance.media.safe_http import Resolver
@@ -42,6 +46,7 @@ from opendance.observability.metrics import Metrics
 from opendance.observability.middleware import RequestContextMiddleware
 from opendance.settings import Settings
 from opendance.store import migrate
+from opendance.store.changes import key_epoch_for
 from opendance.store.db import Database
 from opendance.tasks.accounts import Accounts
 from opendance.tasks.pricing import PriceTable
@@ -69,6 +74,9 @@ class Runtime:
     registry: WorkerRegistry
     metrics: Metrics
     limiter: KeyRateLimiter
+    catalog: ModelCatalog
+    #: When this runtime was built (Unix seconds): the `created` of the models it lists.
+    started_at: float = 0.0
     sender: CallbackSender | None = None
     dispatcher: LocalDispatcher | None = None
     deferrer: JobDeferrer | None = None
@@ -158,6 +166,7 @@ class Runtime:
         if self.sender is not None:
             self.sender.stop()
         self.router.close()
+        self.accounts.close()
         self.db.dispose()
 
 
@@ -188,7 +197,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         settings=settings,
         clock=clock,
         db=db,
-        accounts=Accounts(db, clock),
+        accounts=Accounts(db, clock, key_epoch_for(settings.db_url)),
         service=service,
         router=router,
         results=results,
@@ -197,6 +206,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         registry=registry,
         metrics=metrics,
         limiter=KeyRateLimiter(settings),
+        catalog=ModelCatalog(router, settings),
+        started_at=clock.now(),
     )
 
 
@@ -220,11 +231,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         finally:
             rt.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from assets shipped in a package, not a CDN: the docs work offline.
+    app = FastAPIOffline(
         title="opendance",
         version=__version__,
         description="Self-hosted video generation: the Seedance task API on your own machines.",
         lifespan=lifespan,
+        favicon_url="/favicon.ico",
+        static_url=api_docs.STATIC_URL,
+        redoc_url=None,  # faces/api_docs.py serves it, with a policy that keeps it offline
+        # Swagger UI would otherwise send the document to an online validator for a badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     rt = runtime or build_runtime(settings)
     state["runtime"] = rt
@@ -239,8 +256,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(events.router)
     app.include_router(uploads.router)
     app.include_router(account.router)
+    app.include_router(models_face.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(api_docs.router)
     app.include_router(openai.router)
     app.include_router(ark.router)
     app.include_router(playground.router)  # last: it owns / and /static/{name}

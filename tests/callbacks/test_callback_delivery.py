@@ -222,3 +222,34 @@ def test_internal_callback_urls_are_refused_at_creation(server: LiveServer, url:
     assert response.status_code == 400, url
     assert response.json()["error"]["param"] == "callback_url"
     assert server.client.get("/v1/tasks", headers=server.auth(token)).json()["data"] == []
+
+
+def test_local_development_takes_plain_http_to_loopback(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    """With loopback allowed, a receiver on this machine needs no certificate."""
+    receiver = Receiver(None, Script([(200, 0.0)]))
+    try:
+        server = server_factory(allow_loopback_for_tests=True)
+        token = server.new_key()
+        for url in (
+            "http://10.0.0.1/hook",  # plain http elsewhere stays refused, loopback or not
+            "http://example.com/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+        ):
+            refused = server.create(token, callback_url=url)
+            assert refused.status_code == 400, url
+            assert refused.json()["error"]["param"] == "callback_url"
+        task = server.create(token, duration=2, quality="480p", callback_url=receiver.url).json()
+        (got,) = receiver.wait_for(1, timeout=60)
+        assert json.loads(got.body)["id"] == task["id"]
+        assert "webhook-signature" in got.headers
+    finally:
+        receiver.close()
+
+
+def test_plain_http_callbacks_are_refused_in_production(server: LiveServer) -> None:
+    token = server.new_key()
+    refused = server.create(token, callback_url="http://127.0.0.1:9/hook")
+    assert refused.status_code == 400
+    assert "https" in refused.json()["error"]["message"]

@@ -1,4 +1,5 @@
-"""A real HTTPS callback receiver on loopback, with a certificate made by trustme in the test."""
+"""A real callback receiver on loopback: HTTPS with a certificate made by trustme in the test,
+or plain HTTP (local development, with `allow_loopback_for_tests`)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,11 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class Receiver:
-    def __init__(self, ca: trustme.CA, script: Script) -> None:
+    def __init__(self, ca: trustme.CA | None, script: Script) -> None:
+        """`ca` None: plain HTTP on 127.0.0.1."""
         self.script = script
         self.received: list[Received] = []
         self._lock = threading.Lock()
-        cert = ca.issue_cert("localhost", "127.0.0.1")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -70,9 +69,14 @@ class Receiver:
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"https://localhost:{self.port}/hooks/video"
+        if ca is None:
+            self.url = f"http://127.0.0.1:{self.port}/hooks/video"
+        else:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{self.port}/hooks/video"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -215,3 +215,41 @@ def test_a_wrong_key_is_said_plainly(idle_server: LiveServer, page: Page) -> Non
     alert = page.get_by_role("alert")
     alert.wait_for(timeout=10_000)
     assert "API key" in alert.inner_text()
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [
+        ("/docs", "document.querySelector('.swagger-ui .info .title') !== null"),
+        ("/redoc", "document.querySelector('.api-content h1') !== null"),
+    ],
+)
+def test_api_docs_render_with_the_network_off(
+    idle_server: LiveServer, browser: Browser, path: str, rendered: str
+) -> None:
+    """Every request of the docs pages stays on the server (no CDN, no validator, no fonts)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    left: list[str] = []
+    local = idle_server.base_url
+
+    def only_loopback(route: Any) -> None:
+        if route.request.url.startswith(local):
+            route.continue_()
+        else:
+            left.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_loopback)
+    try:
+        page.goto(local + path)
+        wait_until(page, rendered, timeout=20_000)
+        title = page.inner_text(".swagger-ui .info .title" if path == "/docs" else "h1")
+        assert "opendance" in title
+        if path == "/docs":  # the operations are listed, not just the page frame
+            wait_until(page, "document.querySelectorAll('.opblock').length > 5")
+        icon = page.eval_on_selector("link[rel~='icon']", "link => link.href")
+        assert icon.startswith(local)
+    finally:
+        context.close()
+    assert left == [], f"requests left the server: {left}"

@@ -31,6 +31,10 @@ def test_openapi_lists_the_contract(server: LiveServer) -> None:
         "callback_url",
     } <= set(schema["properties"])
     assert server.client.get("/docs").status_code == 200
+    assert server.client.get("/redoc").status_code == 200
+    icon = server.client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"
+    assert icon.content.startswith(b"\x89PNG")
 
 
 def test_unknown_route_and_method_use_the_error_shape(server: LiveServer) -> None:

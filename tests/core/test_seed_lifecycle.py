@@ -71,12 +71,16 @@ def test_the_seed_curl_request_end_to_end(server: LiveServer, tmp_path: Path) ->
     assert created["usage"] == {
         "billing_rule": "per_call",
         "credits_reserved": 8,
+        "credits_charged": 0,
+        "credits_refunded": 0,
         "user_group": "default",
     }
     assert created["model"] == "opendance-sandbox"
+    assert created["prompt"] == "A cat playing piano"
 
     done = server.wait_done(token, created["id"], timeout=120)
     assert done["status"] == "completed", done
+    assert done["usage"]["credits_charged"] == 8 and done["usage"]["credits_refunded"] == 0
     assert done["progress"] == 100 and done["task_info"]["can_cancel"] is False
     assert len(done["results"]) == 1
     url = done["results"][0]
@@ -132,6 +136,9 @@ def test_cancel_a_processing_task_stops_the_engine(server_factory: object) -> No
     assert server.runtime.runner.active_tasks() == []
     final = server.get(token, task_id).json()
     assert final["status"] == "cancelled" and "results" not in final
+    usage = final["usage"]
+    assert usage["credits_refunded"] == usage["credits_reserved"] == 20
+    assert usage["credits_charged"] == 0
     assert not list(server.runtime.settings.results_dir.glob("*.mp4"))
     audit = server.runtime.service.ledger_audit(key_id)
     assert audit.balanced and audit.refunded == audit.reserved == 20

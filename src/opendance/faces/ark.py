@@ -22,12 +22,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.common import check_callback_url
 from opendance.faces.errors import ApiError, error_responses, route_class_answering_with
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.faces.openai import (
     body_limit,
-    check_callback_url,
     read_body,
     remove_result,
     resolve_model,
@@ -341,7 +341,14 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
         "status": ARK_STATUS[view.status],
         "error": None,
         "content": None,
-        "usage": {"completion_tokens": tokens, "total_tokens": tokens},
+        "usage": {
+            "completion_tokens": tokens,
+            "total_tokens": tokens,
+            # opendance extensions: the credits this server reserved, charged and refunded.
+            "credits_reserved": view.credits,
+            "credits_charged": view.credits_charged,
+            "credits_refunded": view.credits_refunded,
+        },
         "created_at": view.created,
         "updated_at": int(view.updated_at),
         "seed": view.seed,

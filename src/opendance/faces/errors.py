@@ -45,6 +45,7 @@ SERVICE_STATUS: dict[type[service_errors.ServiceError], int] = {
     service_errors.InvalidRequest: 400,
     service_errors.UnknownModel: 400,
     service_errors.InsufficientCredits: 402,
+    service_errors.KeyRevoked: 401,
     service_errors.TaskNotFound: 404,
     service_errors.KeyNotFound: 404,
     service_errors.TaskNotCancellable: 409,
@@ -129,6 +130,8 @@ def from_service_error(error: service_errors.ServiceError) -> ApiError:
             status = SERVICE_STATUS[cls]
             break
     headers = {"Retry-After": "5"} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return ApiError(status, error.code, error.message, param=error.param, headers=headers)
 
 

@@ -30,6 +30,7 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 
 from opendance.engines.base import VideoRequest
 from opendance.faces.auth import CurrentKey
+from opendance.faces.common import check_callback_url
 from opendance.faces.errors import (
     ApiError,
     error_body,
@@ -41,7 +42,6 @@ from opendance.faces.images import image_reference
 from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
 from opendance.faces.images import uploads_dir as uploads_dir
 from opendance.media import previews
-from opendance.media.addresses import check_url
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES, nearest_named_ratio, size_for
 from opendance.settings import DEFAULT_MODEL, Settings
 from opendance.tasks.errors import TaskNotCancellable
@@ -289,21 +289,6 @@ def planner_sizes(
 # First-frame images: URLs pass through, uploads and data: URLs are stored on disk
 
 
-def check_callback_url(url: str | None, settings: Settings) -> str | None:
-    """opendance extension: an https URL told when the task ends (checked as the Seedance face)."""
-    if url is None:
-        return None
-    problem = check_url(
-        url,
-        schemes={"https"},
-        field="callback_url",
-        allow_loopback=settings.allow_loopback_for_tests,
-    )
-    if problem:
-        raise _invalid("callback_url", problem)
-    return url
-
-
 def with_face(create: CreateTask, face: str) -> CreateTask:
     """Tag a request with the face it came through, once the core records faces (callbacks)."""
     if any(field.name == "face" for field in fields(create)):
@@ -425,6 +410,13 @@ def video_object(view: TaskView) -> dict[str, Any]:
         "seconds": str(view.duration),
         "size": size_of(view),
         "error": error,
+        # opendance extensions (the SDK keeps unknown fields): what was chosen and billed.
+        "seed": view.seed,
+        "usage": {
+            "credits_reserved": view.credits,
+            "credits_charged": view.credits_charged,
+            "credits_refunded": view.credits_refunded,
+        },
     }
 
 

@@ -26,6 +26,7 @@ router = APIRouter(tags=["Playground"], include_in_schema=False)
 ASSETS: Final[dict[str, str]] = {
     "playground.js": "text/javascript; charset=utf-8",
     "playground.css": "text/css; charset=utf-8",
+    "favicon.png": "image/png",
 }
 
 CSP: Final[str] = (
@@ -50,6 +51,16 @@ def asset(name: str) -> bytes:
 def playground() -> Response:
     return Response(
         asset("playground.html"), media_type="text/html; charset=utf-8", headers=_HEADERS
+    )
+
+
+@router.get("/favicon.ico", response_class=Response)
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico on every page (the API docs name it too); a PNG serves."""
+    return Response(
+        asset("favicon.png"),
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=86400"},
     )
 
 

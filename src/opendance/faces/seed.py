@@ -24,11 +24,11 @@ from opendance.faces.auth import (
     bearer_token,
     read_key,
 )
+from opendance.faces.common import check_callback_url
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
 from opendance.faces.offload import run_on
-from opendance.media.addresses import check_url
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.media.storage import ResultStore
 from opendance.settings import DEFAULT_MODEL, Settings
@@ -146,20 +146,7 @@ def parse_create_request(raw: bytes, settings: Settings) -> CreateTask:
             f"Invalid 'aspect_ratio': {aspect_ratio} needs an image in image_urls.",
             param="aspect_ratio",
         )
-    if body.callback_url is not None:
-        problem = check_url(
-            body.callback_url,
-            schemes={"https"},
-            field="callback_url",
-            allow_loopback=settings.allow_loopback_for_tests,
-        )
-        if problem:
-            raise ApiError(
-                400,
-                "invalid_parameter",
-                f"Invalid 'callback_url': {problem}.",
-                param="callback_url",
-            )
+    check_callback_url(body.callback_url, settings)
     seed = body.seed
     if seed == -1:
         seed = secrets.randbelow(2**32)
@@ -196,10 +183,14 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
         "status": str(view.status),
         "progress": view.progress,
         "created": view.created,
+        "prompt": view.prompt,
+        "seed": view.seed,
         "task_info": task_info,
         "usage": {
             "billing_rule": "per_call",
             "credits_reserved": view.credits,
+            "credits_charged": view.credits_charged,
+            "credits_refunded": view.credits_refunded,
             "user_group": view.user_group,
         },
     }
@@ -224,7 +215,13 @@ _TASK_EXAMPLE = {
     "status": "pending",
     "task_info": {"can_cancel": True, "estimated_time": 165, "video_duration": 5},
     "type": "video",
-    "usage": {"billing_rule": "per_call", "credits_reserved": 8, "user_group": "default"},
+    "usage": {
+        "billing_rule": "per_call",
+        "credits_reserved": 8,
+        "credits_charged": 0,
+        "credits_refunded": 0,
+        "user_group": "default",
+    },
 }
 
 _TASK_ANSWER: dict[int | str, dict[str, Any]] = {

@@ -43,18 +43,36 @@ class ApiKey(Base):
     webhook_secret_rotated_at: Mapped[float | None] = mapped_column(Float)
 
 
+class KeyEpoch(Base):
+    """One row, bumped by a trigger whenever a key's revocation, group or secret changes.
+
+    Processes that cache authenticated keys compare it with the value their cache was filled
+    at (see `opendance.store.changes`), so a revocation anywhere applies everywhere at once.
+    """
+
+    __tablename__ = "key_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
 class LedgerEntry(Base):
     """Append-only credit movements. A task has one reserve and then exactly one settle or refund.
 
-    `amount` is always positive; `kind` says the direction: grant and refund add to the balance,
-    reserve takes from it, settle turns a reservation into a charge without moving the balance.
+    `amount` is positive (but for a grant that takes credits back); `kind` says the direction:
+    grant and refund add to the balance, reserve takes from it, settle turns a reservation into
+    a charge without moving the balance.
     """
 
     __tablename__ = "ledger_entries"
-    __table_args__ = (UniqueConstraint("task_id", "kind", name="uq_ledger_task_kind"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "kind", name="uq_ledger_task_kind"),
+        # A key's usage history, paged by id, from the index alone.
+        Index("ix_ledger_entries_key_id", "api_key_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     task_id: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(BigInteger)

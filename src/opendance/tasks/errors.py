@@ -40,6 +40,12 @@ class ServiceUnavailable(ServiceError):
     code = "server_busy"
 
 
+class KeyRevoked(ServiceError):
+    """The key was revoked (found by the create's own transaction, whatever a cache said)."""
+
+    code = "invalid_api_key"
+
+
 class KeyNotFound(ServiceError):
     code = "key_not_found"
 

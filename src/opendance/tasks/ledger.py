@@ -14,7 +14,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from opendance.store.tables import ApiKey, LedgerEntry
-from opendance.tasks.errors import InsufficientCredits, KeyNotFound
+from opendance.tasks.errors import InsufficientCredits, KeyNotFound, KeyRevoked
 
 GRANT = "grant"
 RESERVE = "reserve"
@@ -73,7 +73,12 @@ def grant(
 
 _RESERVE = (
     update(ApiKey)
-    .where(ApiKey.id == bindparam("key_id"), ApiKey.balance >= bindparam("amount"))
+    .where(
+        ApiKey.id == bindparam("key_id"),
+        ApiKey.balance >= bindparam("amount"),
+        # Checked again under the row lock: a revocation committed a moment ago wins.
+        ApiKey.revoked_at.is_(None),
+    )
     .values(balance=ApiKey.balance - bindparam("amount"))
     .returning(ApiKey.balance)
     .execution_options(synchronize_session=False)
@@ -81,12 +86,17 @@ _RESERVE = (
 
 
 def reserve(session: Transaction, key_id: str, task_id: str, amount: int, now: float) -> int:
-    """Hold `amount` credits for a task; InsufficientCredits (and nothing written) if short."""
+    """Hold `amount` credits for a task; InsufficientCredits (and nothing written) if short,
+    KeyRevoked if the key was revoked."""
     row = session.execute(_RESERVE, {"key_id": key_id, "amount": amount}).first()
     if row is None:
-        balance = session.execute(select(ApiKey.balance).where(ApiKey.id == key_id)).scalar()
+        key = session.execute(
+            select(ApiKey.balance, ApiKey.revoked_at).where(ApiKey.id == key_id)
+        ).first()
+        if key is None or key.revoked_at is not None:
+            raise KeyRevoked("The API key is not valid (unknown, revoked or mistyped).")
         raise InsufficientCredits(
-            f"This request costs {amount} credits but the key's balance is {balance or 0}.",
+            f"This request costs {amount} credits but the key's balance is {key.balance}.",
         )
     _entry(session, key_id, task_id, RESERVE, amount, row[0], now)
     return int(row[0])
@@ -107,6 +117,64 @@ def refund(session: Transaction, key_id: str, task_id: str, amount: int, now: fl
         .returning(ApiKey.balance)
     ).scalar_one()
     _entry(session, key_id, task_id, REFUND, amount, balance, now)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger movement as its key's owner sees it."""
+
+    id: int
+    kind: str
+    task_id: str | None
+    credits: int
+    #: What the entry did to the balance: + for grants and refunds, - for reserves, 0 for a
+    #: settle (it turns a reservation already taken into a charge). All of a key's add up to
+    #: its balance.
+    balance_change: int
+    balance_after: int
+    note: str | None
+    created_at: float
+
+
+def _balance_change(kind: str, amount: int) -> int:
+    if kind == RESERVE:
+        return -amount
+    if kind == SETTLE:
+        return 0
+    return amount  # grants (negative when taken back) and refunds
+
+
+def entries(
+    session: Transaction,
+    key_id: str,
+    *,
+    limit: int,
+    after: int | None = None,
+    newest_first: bool = True,
+    task_id: str | None = None,
+) -> tuple[list[Entry], bool]:
+    """A page of a key's entries (by id, the order they were written) and whether more follow."""
+    query = select(LedgerEntry).where(LedgerEntry.api_key_id == key_id)
+    if task_id is not None:
+        query = query.where(LedgerEntry.task_id == task_id)
+    if after is not None:
+        query = query.where(LedgerEntry.id < after if newest_first else LedgerEntry.id > after)
+    order = LedgerEntry.id.desc() if newest_first else LedgerEntry.id.asc()
+    rows = session.execute(query.order_by(order).limit(limit + 1)).scalars().all()
+    page = [
+        Entry(
+            id=row.id,
+            kind=row.kind,
+            task_id=row.task_id,
+            credits=row.amount,
+            balance_change=_balance_change(row.kind, row.amount),
+            balance_after=row.balance_after,
+            note=row.note,
+            created_at=row.created_at,
+        )
+        for row in rows[:limit]
+    ]
+    return page, len(rows) > limit
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,19 @@ class TaskView:
     def can_cancel(self) -> bool:
         return self.status in (Status.PENDING, Status.PROCESSING)
 
+    @property
+    def credits_charged(self) -> int:
+        """The reservation, once settled: a completed task (0 until then)."""
+        return self.credits if self.status == Status.COMPLETED else 0
+
+    @property
+    def credits_refunded(self) -> int:
+        """The reservation, once given back: a failed or cancelled task (0 until then).
+
+        Read from the status: the terminal change and its ledger entry commit together.
+        """
+        return self.credits if self.status in (Status.FAILED, Status.CANCELLED) else 0
+
 
 @dataclass(frozen=True)
 class ClaimedTask:

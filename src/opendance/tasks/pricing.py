@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
-from opendance.settings import Settings
+from opendance.settings import DEFAULT_MODEL, Settings
 
 
 class PriceTable:
@@ -19,6 +19,16 @@ class PriceTable:
 
     def has_model(self, model: str) -> bool:
         return model in self._prices
+
+    def priced_as(self, model: str) -> str:
+        """The model whose rates apply: its own, else the default model's."""
+        return model if model in self._prices else DEFAULT_MODEL
+
+    def per_second(self, model: str, group: str) -> dict[str, Decimal]:
+        """Credits per second of video per quality for a key of `group` (before rounding)."""
+        multiplier = self._groups.get(group, Decimal(1))
+        rates = self._prices.get(self.priced_as(model), {})
+        return {quality: rate * multiplier for quality, rate in rates.items()}
 
     def price(self, model: str, quality: str, duration: int, group: str) -> int:
         """Whole credits for `duration` seconds at `quality` for a key of `group`."""

@@ -34,6 +34,7 @@ from opendance.tasks import ledger
 from opendance.tasks.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
+    KeyRevoked,
     ServiceUnavailable,
     TaskNotCancellable,
     TaskNotFound,
@@ -64,6 +65,8 @@ _TASK_ID = re.compile(r"task-unified-[0-9]{1,12}-[a-z0-9]{8}")
 # Hot statements, built once and run on Core connections: building a statement per call (and
 # its cache key), and the ORM's unit of work, cost more than running them on SQLite.
 _COUNTS = select(
+    # The key's group as it is now (a cached key may be a moment old): the price follows it.
+    select(ApiKey.user_group).where(ApiKey.id == bindparam("key_id")).scalar_subquery(),
     select(func.count()).select_from(Task).where(Task.status == Status.PENDING).scalar_subquery(),
     select(func.count())
     .select_from(Task)
@@ -170,15 +173,11 @@ class TaskService:
             self._last_seq = max(self._last_seq + 1, int(self.clock.now() * 1_000_000))
             return self._last_seq
 
-    def quote(self, key: KeyInfo, request: CreateTask) -> int:
-        """The price of a request for this key, in whole credits."""
-        model = request.model if self.prices.has_model(request.model) else None
-        if model is None:
-            # A routed model without its own price uses the default model's rates.
-            from opendance.settings import DEFAULT_MODEL
-
-            model = DEFAULT_MODEL
-        return self.prices.price(model, request.quality, request.duration, key.group)
+    def quote(self, group: str, request: CreateTask) -> int:
+        """The price of a request for a key of this price group, in whole credits."""
+        # A routed model without its own price uses the default model's rates.
+        model = self.prices.priced_as(request.model)
+        return self.prices.price(model, request.quality, request.duration, group)
 
     def create_task(self, key: KeyInfo, request: CreateTask) -> TaskView:
         """Price, reserve and store a task, all in one transaction, before anyone hears of it."""
@@ -263,14 +262,16 @@ class TaskService:
             provisional = replace(video_request, aspect_ratio="16:9")
         plan = self.planner.plan(request.model, provisional, None)
         estimate = self.planner.estimate_seconds(request.model, plan)
-        price = self.quote(key, request)
         now = self.clock.now()
         created = int(now)
         task_id = new_task_id(created)
         with self.db.transaction() as connection:
             # Taken inside the transaction: on SQLite (one writer) queue order is commit order.
             seq = self._next_seq()
-            pending, active = connection.execute(_COUNTS, {"key_id": key.id}).one()
+            group, pending, active = connection.execute(_COUNTS, {"key_id": key.id}).one()
+            if group is None:
+                raise KeyRevoked("The API key is not valid (unknown, revoked or mistyped).")
+            price = self.quote(group, request)
             if pending >= self.settings.max_queued_tasks:
                 raise ServiceUnavailable("The queue is full; try again later.")
             if active >= self.settings.max_active_tasks_per_key:
@@ -311,7 +312,7 @@ class TaskService:
                 "fps": plan.fps,
                 "frames": plan.frames,
                 "credits": price,
-                "user_group": key.group,
+                "user_group": group,
                 "estimated_seconds": estimate,
                 "attempts": 0,
                 "face": request.face,

@@ -1,0 +1,129 @@
+"""`GET /v1/models`: the routed models and what each accepts, in the list shape of OpenAI-style
+APIs (`{"object": "list", "data": [{"id", "object": "model", "created", "owned_by", ...}]}`), so
+the `openai` SDK's `models.list()` reads it. The extra fields say what a create may ask for:
+durations, qualities, the size each ratio and quality gives, image-to-video, and the price per
+second for the caller's price group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from opendance.engines.catalog import (
+    DEFAULT_DURATION,
+    MAX_DURATION,
+    MIN_DURATION,
+    ModelCard,
+)
+from opendance.faces.auth import CurrentKey
+from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
+from opendance.media.sizes import IMAGE_ONLY_RATIOS, QUALITIES
+from opendance.settings import DEFAULT_MODEL
+
+router = APIRouter(tags=["Models"], responses=KEY_ERRORS)
+
+_EXAMPLE: dict[str, Any] = {
+    "id": DEFAULT_MODEL,
+    "object": "model",
+    "created": 1761313744,
+    "owned_by": "opendance",
+    "engine": "sandbox",
+    "engines": ["sandbox"],
+    "runs": "opendance-sandbox",
+    "durations": {"min": 2, "max": 12, "default": 5},
+    "qualities": ["480p", "720p", "1080p"],
+    "default_quality": "1080p",
+    "aspect_ratios": {"16:9": {"480p": "864x480", "720p": "1248x704", "1080p": "1920x1088"}},
+    "default_aspect_ratio": "16:9",
+    "fps": 24,
+    "text_to_video": True,
+    "image_to_video": True,
+    "image_aspect_ratios": ["keep_ratio", "adaptive"],
+    "pricing": {
+        "group": "default",
+        "unit": "credits per second of video",
+        "per_second": {"480p": 0.6, "720p": 1.0, "1080p": 1.6},
+        "rounding": "each task's price is rounded up to whole credits",
+    },
+}
+
+
+def model_object(
+    card: ModelCard, created: int, group: str, per_second: dict[str, Any]
+) -> dict[str, Any]:
+    qualities = [q for q in QUALITIES if any(q in by_quality for by_quality in card.sizes.values())]
+    return {
+        "id": card.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "opendance",
+        "engine": card.engines[0],
+        "engines": list(card.engines),
+        "runs": card.runs,
+        "durations": {"min": MIN_DURATION, "max": MAX_DURATION, "default": DEFAULT_DURATION},
+        "qualities": qualities,
+        "default_quality": "1080p"
+        if "1080p" in qualities
+        else (qualities[-1] if qualities else None),
+        "aspect_ratios": {
+            ratio: {quality: f"{w}x{h}" for quality, (w, h) in by_quality.items()}
+            for ratio, by_quality in card.sizes.items()
+        },
+        "default_aspect_ratio": "16:9",
+        "fps": card.fps,
+        "text_to_video": card.text_to_video,
+        "image_to_video": card.image_to_video,
+        "image_aspect_ratios": list(IMAGE_ONLY_RATIOS) if card.image_to_video else [],
+        "pricing": {
+            "group": group,
+            "unit": "credits per second of video",
+            "per_second": {q: float(rate) for q, rate in per_second.items() if q in qualities},
+            "rounding": "each task's price is rounded up to whole credits",
+        },
+    }
+
+
+def _objects(runtime: Any, group: str, names: list[str]) -> list[dict[str, Any]]:
+    created = int(runtime.started_at)
+    return [
+        model_object(
+            runtime.catalog.card(name),
+            created,
+            group,
+            runtime.service.prices.per_second(name, group),
+        )
+        for name in names
+    ]
+
+
+@router.get(
+    "/v1/models",
+    summary="The models this server routes, what each accepts and its prices for your key",
+    responses={
+        200: {"content": {"application/json": {"example": {"object": "list", "data": [_EXAMPLE]}}}}
+    },
+)
+async def list_models(key: CurrentKey, request: Request) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    names = runtime.catalog.models()
+    data = await run_in_threadpool(_objects, runtime, key.group, names)
+    return {"object": "list", "data": data}
+
+
+@router.get(
+    "/v1/models/{model_id}",
+    summary="One model",
+    responses={
+        200: {"content": {"application/json": {"example": _EXAMPLE}}},
+        **error_responses({404: "No such model"}),
+    },
+)
+async def get_model(model_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    if model_id not in runtime.catalog.models():
+        raise ApiError(404, "model_not_found", f"No model '{model_id}'.", param="model_id")
+    (data,) = await run_in_threadpool(_objects, runtime, key.group, [model_id])
+    return data
