@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
-from opendance.faces.errors import KEY_ERRORS
+from opendance.faces.errors import KEY_ERRORS, error_responses
 from opendance.tasks.ledger import Entry
 
 router = APIRouter(tags=["Account"], responses=KEY_ERRORS)
@@ -83,7 +83,10 @@ _USAGE_EXAMPLE: dict[str, Any] = {
 @router.get(
     "/v1/usage",
     summary="The calling key's ledger: every grant, reserve, settle and refund",
-    responses={200: {"content": {"application/json": {"example": _USAGE_EXAMPLE}}}},
+    responses={
+        200: {"content": {"application/json": {"example": _USAGE_EXAMPLE}}},
+        **error_responses({400: "A query parameter is out of range"}),
+    },
 )
 async def get_usage(
     key: CurrentKey,
