@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +15,22 @@ from rich.table import Table
 
 from opendance.cli_client import register as register_client_commands
 from opendance.settings import DEFAULT_MODEL, Settings
+
+
+def _plain_flags_in_help() -> None:
+    """typer 0.29 labels every flag `<bool>` in `--help`, which reads as if the flag took a
+    value (`--install-completion <bool>`); flags are shown bare, as click shows them."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags_in_help()
 
 app = typer.Typer(
     help="opendance: a self-hosted video generation API server.", no_args_is_help=True
@@ -25,6 +43,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 register_client_commands(app)
 console = Console()
+err_console = Console(stderr=True)
+config_app = typer.Typer(help="Check a configuration without starting.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML or JSON config file.", exists=True)
@@ -32,9 +53,22 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
+    """The settings, or one line saying what is wrong with them (exit 2)."""
+    from pydantic import ValidationError
+
+    from opendance.engines.registry import describe_failure
+
     if config is not None:
         os.environ["OPENDANCE_CONFIG"] = str(config)
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, ValueError, OSError) as exc:
+        err_console.print(
+            f"opendance: invalid configuration: {describe_failure(exc, prefix='')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -43,9 +77,10 @@ def _setup_logging(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
 
 
-def _run_draining(server_config: Any, runtime: Any) -> None:
-    """Run uvicorn, telling the runtime of a shutdown first: open event streams end (instead of
-    holding the graceful shutdown for its whole timeout) and /readyz turns 503."""
+def _run_draining(server_config: Any, runtime: Any, sock: socket.socket) -> None:
+    """Run uvicorn on the bound socket, telling the runtime of a shutdown first: open event
+    streams end (instead of holding the graceful shutdown for its whole timeout) and /readyz
+    turns 503."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -53,7 +88,42 @@ def _run_draining(server_config: Any, runtime: Any) -> None:
             runtime.shutting_down = True
             super().handle_exit(sig, frame)
 
-    DrainingServer(server_config).run()
+    DrainingServer(server_config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is made (the first key is shown once, so it
+    must not be made for a server that then cannot start). A taken port is one clear line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc})"
+        err_console.print(
+            f"opendance: {host}:{port} {reason}; stop the other server or choose another "
+            "port with --port",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _refuse_bad_routes(settings: Settings) -> None:
+    """Exit with one line per broken route, before anything starts."""
+    from opendance.engines.registry import check_routes
+
+    problems = check_routes(settings)
+    for problem in problems:
+        err_console.print(f"opendance: {problem.line()}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -73,6 +143,8 @@ def serve(
 
     settings = _settings(config, host=host, port=port, workers=0 if no_workers else workers)
     _setup_logging(settings)
+    _refuse_bad_routes(settings)
+    sock = _bind(settings.host, settings.port)
     if settings.dispatch == "procrastinate" and settings.workers:
         console.print("dispatch is procrastinate: tasks run on `opendance worker` processes")
     runtime = build_runtime(settings)
@@ -107,7 +179,7 @@ def serve(
         log_config=None,  # keep our handlers: request and task ids on every line
         timeout_graceful_shutdown=30,
     )
-    _run_draining(server_config, runtime)
+    _run_draining(server_config, runtime, sock)
 
 
 @app.command()
@@ -128,6 +200,7 @@ def worker(
 
     settings = _settings(config)
     _setup_logging(settings)
+    _refuse_bad_routes(settings)
     runtime = build_runtime(settings)
     served = (
         [m.strip() for m in models.split(",") if m.strip()] if models else runtime.router.models()
@@ -178,6 +251,18 @@ def worker(
     finally:
         runtime.registry.leave(worker_id)
         runtime.close()
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the settings and every route (engine kind, options, model folders), offline."""
+    settings = _settings(config)
+    _refuse_bad_routes(settings)
+    routes = ", ".join(
+        f"{model} ({'+'.join(e.engine for e in route.engines)})"
+        for model, route in sorted(settings.routes.items())
+    )
+    console.print(f"configuration ok: {len(settings.routes)} route(s): {routes}", highlight=False)
 
 
 @app.command()

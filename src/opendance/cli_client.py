@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
+import httpx
 import typer
 from rich import box
 from rich.console import Console
@@ -123,7 +124,47 @@ def _call(action: Callable[[], T]) -> T:
 
 
 def _client(base_url: str | None, key: str | None) -> Client:
-    return Client(api_key=key, base_url=base_url)
+    """A client of the user's server: the one named, else the one running at the configured
+    address; says which on stderr. No server at all is one clear line."""
+    url = find_server(base_url)
+    if url is None:
+        raise _fail(
+            f"no opendance server answers at {_configured_url()}: start one with `opendance "
+            "serve`, or name yours with --base-url or OPENDANCE_BASE_URL"
+        )
+    return Client(api_key=key, base_url=url)
+
+
+def _configured_url() -> str:
+    """Where `opendance serve` listens with this machine's settings (OPENDANCE_* and config)."""
+    from opendance.settings import Settings
+
+    try:
+        return Settings().base_url
+    except ValueError:
+        return "http://127.0.0.1:8000"
+
+
+def _answers(url: str) -> bool:
+    """An opendance server answers `/healthz` at `url` (a short probe; nothing else is sent)."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/healthz", timeout=0.5)
+        return response.status_code == 200 and response.json().get("status") == "ok"
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+def find_server(base_url: str | None) -> str | None:
+    """The server to talk to: `--base-url` / OPENDANCE_BASE_URL as given, else the server
+    running at the configured address when one answers there, else None."""
+    if base_url:
+        err.print(f"[dim]server: {escape(base_url)} (--base-url or OPENDANCE_BASE_URL)[/dim]")
+        return base_url
+    url = _configured_url()
+    if _answers(url):
+        err.print(f"[dim]server: {escape(url)} (the one running at the configured address)[/dim]")
+        return url
+    return None
 
 
 def _when(created: int) -> str:
@@ -317,17 +358,22 @@ def generate(
 ) -> None:
     """Make a video and save it, with a live progress bar.
 
-    Without --base-url and OPENDANCE_BASE_URL, an embedded server runs for this call.
+    The server: --base-url or OPENDANCE_BASE_URL, else the one running at the configured
+    address (http://127.0.0.1:8000 by default), else an embedded server for this call.
     """
     if image is not None and not is_reference(image) and not Path(image).expanduser().is_file():
         raise _fail(f"--image: no such file: {image}", 2)
-    if base_url:
-        with _client(base_url, key) as client:
+    url = find_server(base_url)
+    if url is not None:
+        with Client(api_key=key, base_url=url) as client:
             _generate(client, prompt, output, json_output, timeout, duration=duration,
                       quality=quality.value if quality else None, aspect_ratio=aspect_ratio,
                       image=image, seed=seed, model=model)  # fmt: skip
         return
-    err.print("[dim]no --base-url or OPENDANCE_BASE_URL: starting an embedded server[/dim]")
+    err.print(
+        f"[dim]no server at {escape(_configured_url())} and no --base-url or OPENDANCE_BASE_URL:"
+        " starting an embedded server for this call[/dim]"
+    )
     with embedded_server(data_dir) as (url, token), _client(url, token) as client:
         _generate(client, prompt, output, json_output, timeout, duration=duration,
                   quality=quality.value if quality else None, aspect_ratio=aspect_ratio,

@@ -53,6 +53,13 @@ INTERNAL_HOSTS = [
     "[3fff::1]",
     "[5f00::1]",
     "[100::1]",
+    "[2001:1::1]",
+    "[2001:2::1]",
+    "[4000::1]",
+    "[2002:0a00:0001::1]",
+    "[2002:c0a8:0101::1]",
+    "192.31.196.1",
+    "192.0.0.170",
     "169.254.169.254",
     "0xa9fea9fe",
     "169.254.170.2",
@@ -96,6 +103,9 @@ PUBLIC_HOSTS = [
     "2001:4860:4860::8888",
     "[64:ff9b::808:808]",
     "[2002:808:808::1]",
+    "[2002:5db8:d822::1]",
+    "[64:ff9b::5db8:d822]",
+    "2a00:1450:4001:82a::200e",
     "example.com",
     "hooks.example.com.",
     "cdn.images.example.org",
@@ -276,3 +286,30 @@ def test_check_url_allow_loopback() -> None:
     assert check_url("https://[::1]:8443/h", schemes={"https"}, allow_loopback=True) is None
     assert check_url("https://10.0.0.1/h", schemes={"https"}, allow_loopback=True) is not None
     assert check_url("https://0.0.0.0/h", schemes={"https"}, allow_loopback=True) is not None
+
+
+def test_policy_does_not_read_the_interpreters_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same answer on every CPython patch release: `ipaddress`'s flags are never consulted."""
+
+    def refuse(_self: object) -> bool:
+        raise AssertionError("the policy consulted ipaddress's own tables")
+
+    for cls in (IPv4Address, IPv6Address):
+        for flag in ("is_global", "is_private", "is_reserved", "is_loopback", "is_link_local"):
+            monkeypatch.setattr(cls, flag, property(refuse))
+    for host in INTERNAL_HOSTS:
+        assert is_internal_hostname(host), host
+    for host in PUBLIC_HOSTS:
+        assert not is_internal_hostname(host), host
+
+
+def test_every_registry_block_is_internal_except_ipv4_carriers() -> None:
+    """Each special-purpose block, first and last address, is refused; 6to4 and NAT64 are judged
+    by the IPv4 address they carry."""
+    from opendance.media.address_registry import IPV4_CARRIERS, IPV4_SPECIAL, IPV6_SPECIAL
+
+    for block in (*IPV4_SPECIAL, *IPV6_SPECIAL):
+        if block.network in IPV4_CARRIERS:
+            continue
+        for ip in (block.network[0], block.network[-1]):
+            assert is_internal_ip(ip), (block.name, ip)

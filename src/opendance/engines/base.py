@@ -44,6 +44,15 @@ class EngineError(Exception):
         self.retryable = retryable
 
 
+class EngineUnavailable(EngineError):
+    """The engine cannot serve now, or cannot be built from its route: a missing package, a
+    model folder that is not there, a GPU gone, an inference server down. Faces answer 503
+    `engine_unavailable` (never 500); `serve` and `worker` refuse to start on it."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__("engine_unavailable", message, retryable=retryable)
+
+
 @dataclass(frozen=True)
 class VideoRequest:
     """What the client asked for, already validated against the contract."""
@@ -160,6 +169,11 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, job: VideoJob, ctx: EngineContext) -> EngineResult:
         """Make the video. Blocking; call `ctx.report_progress` often; honour cancel."""
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Cheap checks of the route at start, before any weights load or any call goes out:
+        raise `EngineUnavailable` naming what is wrong (a folder that is not there, a package
+        that is not installed). `serve`, `worker` and `opendance config check` call it."""
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights, warm up; called once before the first job (in the worker's thread)."""

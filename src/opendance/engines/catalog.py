@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from opendance.engines.base import EngineError, VideoRequest
+from opendance.engines.base import EngineError, EngineUnavailable, VideoRequest
 from opendance.engines.registry import EngineRouter
 from opendance.media.sizes import IMAGE_ONLY_RATIOS, NAMED_RATIOS, QUALITIES
 from opendance.settings import Settings
@@ -67,6 +67,8 @@ class ModelCatalog:
                 )
                 try:
                     plan = engine.plan(request, None)
+                except EngineUnavailable:
+                    raise
                 except EngineError:
                     continue
                 sizes.setdefault(ratio, {})[quality] = (plan.width, plan.height)

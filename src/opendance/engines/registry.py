@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from opendance.engines.base import Engine, VideoPlan, VideoRequest
+from pydantic import ValidationError
+
+from opendance.engines.base import Engine, EngineError, EngineUnavailable, VideoPlan, VideoRequest
 from opendance.settings import Route, Settings
 
 EngineFactory = Callable[[dict[str, Any]], Engine]
@@ -44,6 +47,47 @@ def build_route(route: Route) -> Engine:
     return FailoverEngine(engines)
 
 
+@dataclass(frozen=True)
+class RouteProblem:
+    """Why one engine of one route cannot serve, as one line for the operator."""
+
+    model: str
+    engine: str
+    problem: str
+
+    def line(self) -> str:
+        return f"route {self.model!r} (engine {self.engine!r}): {self.problem}"
+
+
+def describe_failure(exc: BaseException, prefix: str = "options.") -> str:
+    """One line for a failure to build or check an engine (pydantic's errors are multi-line);
+    `prefix` goes before each field's path."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            parts.append(f"{prefix}{where}: {error['msg']}" if where else error["msg"])
+        return "; ".join(parts)
+    if isinstance(exc, EngineError):
+        return exc.message
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_BUILD_FAILURES = (ValueError, TypeError, ImportError, OSError, EngineError)
+
+
+def check_routes(settings: Settings) -> list[RouteProblem]:
+    """Every problem in the configured routes, found without loading a model or calling out."""
+    problems: list[RouteProblem] = []
+    for model, route in sorted(settings.routes.items()):
+        for item in route.engines:
+            try:
+                build_engine(item.engine, item.options).check()
+            except _BUILD_FAILURES as exc:
+                problems.append(RouteProblem(model, item.engine, describe_failure(exc)))
+    return problems
+
+
 class EngineRouter:
     """Maps public model names to engine instances; the service's `Planner`."""
 
@@ -62,10 +106,18 @@ class EngineRouter:
         return model in self._routes
 
     def engine(self, model: str) -> Engine:
+        """The model's engine, built on first use; `EngineUnavailable` when it cannot be."""
         with self._lock:
             engine = self._engines.get(model)
             if engine is None:
-                engine = build_route(self._routes[model])
+                try:
+                    engine = build_route(self._routes[model])
+                except EngineUnavailable:
+                    raise
+                except _BUILD_FAILURES as exc:
+                    raise EngineUnavailable(
+                        f"the model {model!r} cannot be served now: {describe_failure(exc)}"
+                    ) from exc
                 self._engines[model] = engine
             return engine
 

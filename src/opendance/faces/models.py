@@ -7,11 +7,14 @@ second for the caller's price group.
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from opendance.engines.base import EngineUnavailable
 from opendance.engines.catalog import (
     DEFAULT_DURATION,
     MAX_DURATION,
@@ -23,6 +26,7 @@ from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.media.sizes import IMAGE_ONLY_RATIOS, QUALITIES
 from opendance.settings import DEFAULT_MODEL
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["Models"], responses=KEY_ERRORS)
 
 _EXAMPLE: dict[str, Any] = {
@@ -86,17 +90,23 @@ def model_object(
     }
 
 
-def _objects(runtime: Any, group: str, names: list[str]) -> list[dict[str, Any]]:
+def _objects(runtime: Any, group: str, names: list[str], *, strict: bool) -> list[dict[str, Any]]:
+    """The model objects; a model whose engine cannot be built now is left out of a list
+    (`strict=False`) or answers 503 `engine_unavailable` when asked for by name."""
     created = int(runtime.started_at)
-    return [
-        model_object(
-            runtime.catalog.card(name),
-            created,
-            group,
-            runtime.service.prices.per_second(name, group),
+    objects = []
+    for name in names:
+        try:
+            card = runtime.catalog.card(name)
+        except EngineUnavailable as exc:
+            if strict:
+                raise ApiError(503, exc.code, exc.message, headers={"Retry-After": "5"}) from exc
+            log.warning("model %s left out of the list: %s", name, exc.message)
+            continue
+        objects.append(
+            model_object(card, created, group, runtime.service.prices.per_second(name, group))
         )
-        for name in names
-    ]
+    return objects
 
 
 @router.get(
@@ -109,7 +119,7 @@ def _objects(runtime: Any, group: str, names: list[str]) -> list[dict[str, Any]]
 async def list_models(key: CurrentKey, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
     names = runtime.catalog.models()
-    data = await run_in_threadpool(_objects, runtime, key.group, names)
+    data = await run_in_threadpool(partial(_objects, strict=False), runtime, key.group, names)
     return {"object": "list", "data": data}
 
 
@@ -118,12 +128,14 @@ async def list_models(key: CurrentKey, request: Request) -> dict[str, Any]:
     summary="One model",
     responses={
         200: {"content": {"application/json": {"example": _EXAMPLE}}},
-        **error_responses({404: "No such model"}),
+        **error_responses({404: "No such model", 503: "The model's engine cannot serve now"}),
     },
 )
 async def get_model(model_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
     if model_id not in runtime.catalog.models():
         raise ApiError(404, "model_not_found", f"No model '{model_id}'.", param="model_id")
-    (data,) = await run_in_threadpool(_objects, runtime, key.group, [model_id])
+    (data,) = await run_in_threadpool(
+        partial(_objects, strict=True), runtime, key.group, [model_id]
+    )
     return data

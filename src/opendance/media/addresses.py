@@ -3,9 +3,10 @@
 Everything the server fetches or posts to on a user's behalf (image URLs, callback URLs) is
 checked here twice: once on the URL as written, at task creation (`check_url`), and once on every
 address the host resolves to, right before connecting (`is_internal_ip`, used by
-`opendance.media.safe_http`). The checks are deliberately stricter than `ipaddress.is_global`:
-CPython's tables have had gaps (CVE-2024-4032, 100.64.0.0/10, 3fff::/20, 5f00::/16), and IPv6
-forms that carry an IPv4 address (NAT64, 6to4, Teredo) are unwrapped and checked too.
+`opendance.media.safe_http`). Internal means: in a block of the IANA special-purpose registries
+(the tables in `opendance.media.address_registry`, not the interpreter's `ipaddress` flags, which
+differ between patch releases), outside IPv6 global unicast, a cloud metadata address, or an IPv6
+form that carries an internal IPv4 address (mapped, compatible, NAT64, 6to4, Teredo).
 """
 
 from __future__ import annotations
@@ -13,57 +14,20 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Collection
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Final
 
 import httpx
 
+from opendance.media.address_registry import (
+    IPV4_CARRIERS,
+    IPV4_SPECIAL,
+    IPV6_GLOBAL_UNICAST,
+    IPV6_SPECIAL,
+    NAT64_WELL_KNOWN,
+)
+
 IPAddress = IPv4Address | IPv6Address
-
-_BLOCKED_V4: Final[tuple[IPv4Network, ...]] = tuple(
-    IPv4Network(n)
-    for n in (
-        "0.0.0.0/8",  # "this network"; 0.0.0.0 reaches the local host on Linux
-        "10.0.0.0/8",
-        "100.64.0.0/10",  # carrier-grade NAT; neither private nor global to CPython
-        "127.0.0.0/8",
-        "169.254.0.0/16",  # link-local, home of most cloud metadata services
-        "172.16.0.0/12",
-        "192.0.0.0/24",  # IETF protocol assignments (CPython calls two of them global)
-        "192.0.2.0/24",  # documentation (TEST-NET-1)
-        "192.88.99.0/24",  # deprecated 6to4 relay anycast
-        "192.168.0.0/16",
-        "198.18.0.0/15",  # benchmarking
-        "198.51.100.0/24",  # documentation (TEST-NET-2)
-        "203.0.113.0/24",  # documentation (TEST-NET-3)
-        "224.0.0.0/4",  # multicast
-        "240.0.0.0/4",  # reserved, and the broadcast address
-    )
-)
-
-_BLOCKED_V6: Final[tuple[IPv6Network, ...]] = tuple(
-    IPv6Network(n)
-    for n in (
-        "::/128",
-        "::1/128",
-        "::/96",  # deprecated IPv4-compatible addresses: no legitimate use
-        "::ffff:0:0/96",  # IPv4-mapped: a public host has a real A record instead
-        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
-        "64:ff9b:1::/48",  # local-use NAT64
-        "100::/64",  # discard-only
-        "100:0:0:1::/64",  # dummy prefix (still "global" in some CPython versions)
-        "2001::/23",  # IETF protocol assignments, Teredo included
-        "2001:db8::/32",  # documentation
-        "3fff::/20",  # documentation (2024)
-        "5f00::/16",  # SRv6 SIDs
-        "fc00::/7",  # unique local
-        "fe80::/10",  # link-local
-        "fec0::/10",  # deprecated site-local
-        "ff00::/8",  # multicast
-    )
-)
-
-_NAT64: Final = IPv6Network("64:ff9b::/96")
 
 # Listed on their own so the intent survives edits to the ranges above; Azure's WireServer is
 # a public address that answers only from inside Azure.
@@ -115,17 +79,19 @@ def _is_plain_loopback(ip: IPAddress) -> bool:
 
 
 def _is_blocked(ip: IPAddress) -> bool:
-    if isinstance(ip, IPv6Address):
-        if ip.scope_id is not None:
-            return True  # only link-local and multicast addresses carry a zone
-        if any(_is_blocked(inner) for inner in _embedded_ipv4(ip)):
-            return True
-        blocked: tuple[IPv4Network, ...] | tuple[IPv6Network, ...] = _BLOCKED_V6
-    else:
-        blocked = _BLOCKED_V4
-    if ip in CLOUD_METADATA_ADDRESSES or not ip.is_global:
+    if ip in CLOUD_METADATA_ADDRESSES:
         return True
-    return any(ip in network for network in blocked)
+    if isinstance(ip, IPv4Address):
+        return any(ip in block.network for block in IPV4_SPECIAL)
+    if ip.scope_id is not None:
+        return True  # only link-local and multicast addresses carry a zone
+    if any(_is_blocked(inner) for inner in _embedded_ipv4(ip)):
+        return True
+    if any(ip in carrier for carrier in IPV4_CARRIERS):
+        return False  # judged by the IPv4 address it carries, above
+    if ip not in IPV6_GLOBAL_UNICAST:
+        return True
+    return any(ip in block.network for block in IPV6_SPECIAL)
 
 
 def _embedded_ipv4(ip: IPv6Address) -> list[IPv4Address]:
@@ -133,7 +99,7 @@ def _embedded_ipv4(ip: IPv6Address) -> list[IPv4Address]:
     found: list[IPv4Address] = []
     if ip.ipv4_mapped is not None:
         found.append(ip.ipv4_mapped)
-    if ip in _NAT64 or int(ip) >> 32 == 0:
+    if ip in NAT64_WELL_KNOWN or int(ip) >> 32 == 0:
         found.append(IPv4Address(int(ip) & 0xFFFFFFFF))
     if ip.sixtofour is not None:
         found.append(ip.sixtofour)

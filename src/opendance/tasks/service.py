@@ -24,7 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from opendance.callbacks import outbox
 from opendance.clock import Clock
-from opendance.engines.base import VideoPlan, VideoRequest
+from opendance.engines.base import EngineError, EngineUnavailable, VideoPlan, VideoRequest
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
@@ -260,8 +260,13 @@ class TaskService:
         provisional = video_request
         if request.aspect_ratio in IMAGE_ONLY_RATIOS:
             provisional = replace(video_request, aspect_ratio="16:9")
-        plan = self.planner.plan(request.model, provisional, None)
-        estimate = self.planner.estimate_seconds(request.model, plan)
+        try:
+            plan = self.planner.plan(request.model, provisional, None)
+            estimate = self.planner.estimate_seconds(request.model, plan)
+        except EngineUnavailable as exc:
+            raise ServiceUnavailable(exc.message, code=exc.code) from exc
+        except EngineError as exc:  # the model cannot make this request (e.g. no image input)
+            raise InvalidRequest(exc.message, code=exc.code) from exc
         now = self.clock.now()
         created = int(now)
         task_id = new_task_id(created)

@@ -14,6 +14,7 @@ imports this module (and runs every other engine) without them.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import logging
 import secrets
@@ -30,6 +31,7 @@ from opendance.engines.base import (
     EngineContext,
     EngineError,
     EngineResult,
+    EngineUnavailable,
     TaskCancelled,
     VideoJob,
     VideoPlan,
@@ -82,9 +84,8 @@ def _require_heavy() -> tuple[Any, Any]:
         import diffusers
         import torch
     except ImportError as exc:
-        raise EngineError(
-            "engine_unavailable",
-            f"the diffusers engine needs torch and diffusers ({exc}): install opendance[gpu]",
+        raise EngineUnavailable(
+            f"the diffusers engine needs torch and diffusers ({exc}): install opendance[gpu]"
         ) from exc
     return torch, diffusers
 
@@ -180,14 +181,13 @@ class DiffusersEngine(Engine):
 
                 path = Path(hf_hub_download(self.options.model, "model_index.json"))
             except Exception as exc:
-                raise EngineError(
-                    "model_not_found",
-                    f"cannot read model_index.json of {self.options.model}: {exc}",
+                raise EngineUnavailable(
+                    f"cannot read model_index.json of {self.options.model}: {exc}"
                 ) from exc
         try:
             self._model_index = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise EngineError("model_not_found", f"cannot read {path}: {exc}") from exc
+            raise EngineUnavailable(f"cannot read {path}: {exc}") from exc
         return self._model_index
 
     def estimate_seconds(self, plan: VideoPlan) -> float:
@@ -207,6 +207,28 @@ class DiffusersEngine(Engine):
         steps = self.options.num_inference_steps or rules.default_steps
         guidance = self.options.guidance_scale
         return steps, rules.default_guidance if guidance is None else guidance
+
+    def check(self) -> None:
+        """torch and diffusers are installed, and a local model folder exists and holds a
+        pipeline (a hub id is only downloaded at start)."""
+        missing = [
+            name for name in ("torch", "diffusers") if importlib.util.find_spec(name) is None
+        ]
+        if missing and self._given_pipeline is None:
+            raise EngineUnavailable(
+                f"the diffusers engine needs {' and '.join(missing)}: install opendance[gpu]"
+            )
+        model = self.options.model
+        folder = Path(model).expanduser()
+        looks_local = model.startswith(("/", ".", "~")) or folder.exists() or model.count("/") != 1
+        if self._given_pipeline is not None or not looks_local:
+            return
+        if not folder.is_dir():
+            raise EngineUnavailable(f"the model folder {model} does not exist")
+        if not (folder / "model_index.json").is_file():
+            raise EngineUnavailable(
+                f"the model folder {model} holds no diffusers pipeline (no model_index.json)"
+            )
 
     # -- loading ----------------------------------------------------------------------------
 
