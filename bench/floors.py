@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from opendance.faces.seed import CreateVideoRequest
+from opendance.faces.seedance import CreateVideoRequest
 
 
 def starlette_app(answer: dict[str, Any]) -> Starlette:

@@ -16,7 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
-from opendance.app import Runtime, build_runtime, create_app
+from opendance.app import create_app
+from opendance.runtime import Runtime, build_runtime
 from opendance.settings import Settings
 
 

@@ -20,7 +20,7 @@ from client_helpers import check_mp4, paced_routes, png_bytes, wire_client_faces
 from typer.testing import CliRunner
 
 from conftest import LiveServer
-from opendance import cli_client
+from opendance.cli import client as cli_client
 
 ServerFactory = Callable[..., LiveServer]
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b[=>]")
@@ -72,7 +72,7 @@ def run_in_pty(args: list[str], env: dict[str, str], cwd: Path, timeout: float =
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "opendance.cli_client", *args]
+    return [sys.executable, "-m", "opendance.cli.client", *args]
 
 
 def test_generate_in_a_terminal_shows_progress_and_saves_the_video(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from conftest import LiveServer, free_port
-from opendance import cli_client
+from opendance.cli import client as cli_client
 
 ServerFactory = Callable[..., LiveServer]
 runner = CliRunner()

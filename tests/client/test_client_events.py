@@ -3,7 +3,6 @@ static files, over HTTP against live servers."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import threading
 import time
@@ -15,8 +14,8 @@ import pytest
 from client_helpers import noise_png, paced_routes, png_bytes, wire_client_faces
 
 from conftest import LiveServer
-from opendance.app import build_runtime
-from opendance.faces import events, seed
+from opendance.faces import events
+from opendance.runtime import build_runtime
 from opendance.settings import DEFAULT_MODEL
 from opendance.tasks.models import Failed
 
@@ -204,7 +203,7 @@ def test_a_closed_stream_lets_go_of_its_listener(
     monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
     key = idle_server.new_key()
     task_id = idle_server.create(key).json()["id"]
-    hub = events.task_events(idle_server.runtime)
+    hub = idle_server.runtime.events
     for _, name, _body in read_events(idle_server, key, task_id, limit_s=10):
         assert name == "task"
         assert hub.watching() == 1
@@ -272,14 +271,6 @@ def test_upload_needs_a_key_and_has_a_size_cap(server_factory: ServerFactory) ->
     assert not list((server.runtime.settings.data_dir / "uploads").glob("*.png"))
 
 
-def _seed_accepts_uploads() -> bool:
-    """Whether the Seedance face takes `upload:` ids in image_urls (core wiring of issue 9)."""
-    return "upload:" in inspect.getsource(seed) or "image_reference" in inspect.getsource(seed)
-
-
-@pytest.mark.skipif(
-    not _seed_accepts_uploads(), reason="the Seedance face does not take upload: ids yet (core)"
-)
 def test_an_uploaded_image_is_the_first_frame(server: LiveServer) -> None:
     key = server.new_key()
     reference = upload(server, key, files={"file": ("a.png", png_bytes(640, 360))}).json()["id"]

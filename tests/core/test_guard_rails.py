@@ -140,6 +140,30 @@ def test_body_over_the_limit_is_413(server_factory: ServerFactory) -> None:
     assert server.client.get("/v1/tasks", headers=server.auth(token)).json()["data"] == []
 
 
+def test_413_answers_in_the_shape_of_the_face_that_owns_the_path(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(workers=0, max_body_bytes=1024)
+    token = server.new_key()
+    padding = "y" * 3000
+    seed = server.client.post(
+        "/v1/videos/generations", json={"prompt": padding}, headers=server.auth(token)
+    )
+    openai = server.client.post("/v1/videos", json={"prompt": padding}, headers=server.auth(token))
+    ark = server.client.post(
+        "/api/v3/contents/generations/tasks", json={"x": padding}, headers=server.auth(token)
+    )
+    for answer in (seed, openai, ark):
+        assert answer.status_code == 413, answer.text
+        assert answer.headers["x-request-id"]
+    assert seed.json()["error"]["code"] == "request_too_large"
+    assert seed.json()["error"]["type"] == "invalid_request_error"
+    assert openai.json()["error"]["code"] == "request_too_large"
+    assert set(openai.json()["error"]) == {"message", "type", "param", "code"}
+    assert ark.json()["error"]["code"] == "RequestTooLarge"
+    assert ark.json()["error"]["type"], ark.json()
+
+
 def test_request_ids_in_and_out(server: LiveServer) -> None:
     given = server.client.get("/healthz", headers={"X-Request-Id": "client-req-7"})
     assert given.headers["X-Request-Id"] == "client-req-7"

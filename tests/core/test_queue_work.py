@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import event, select
 
 from conftest import make_settings
-from opendance.app import Runtime, build_runtime
 from opendance.clock import FrozenClock
+from opendance.runtime import Runtime, build_runtime
 from opendance.store.tables import Task
+from opendance.tasks.estimates import QueuedWork
 from opendance.tasks.models import CreateTask, KeyInfo
-from opendance.tasks.queue_work import QueuedWork
 
 MODEL = "doubao-seedance-1.0-pro-fast"
 

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from conftest import make_settings
-from opendance.app import build_runtime
 from opendance.clock import FrozenClock
+from opendance.runtime import build_runtime
 from opendance.store.tables import LedgerEntry
 from opendance.tasks.errors import TaskNotCancellable
 from opendance.tasks.models import Cancelled, Completed, CreateTask, Failed, KeyInfo

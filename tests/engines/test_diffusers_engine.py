@@ -28,11 +28,11 @@ from opendance.engines.base import (
     VideoRequest,
 )
 from opendance.engines.diffusers import DiffusersEngine, DiffusersOptions
-from opendance.engines.diffusers.engine import detect_family
 from opendance.engines.diffusers.family import (
     frames_for,
     plan_video,
 )
+from opendance.engines.diffusers.loading import detect_family
 from opendance.engines.diffusers.ltx import LTX_RULES
 from opendance.engines.diffusers.wan import WAN21_RULES, WAN22_TI2V_RULES
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES

@@ -16,7 +16,6 @@ import pytest
 from fake_upstreams import FakeArk, FakeEvolink, FakeUpstream, Scripted, make_mp4
 from PIL import Image
 
-from opendance.engines.ark import ArkEngine, ArkOptions, defuse_text_commands, from_options
 from opendance.engines.base import (
     Engine,
     EngineContext,
@@ -27,8 +26,9 @@ from opendance.engines.base import (
     VideoPlan,
     VideoRequest,
 )
-from opendance.engines.evolink import EvolinkEngine, EvolinkOptions
 from opendance.engines.failover import FailoverEngine
+from opendance.engines.upstream.ark import ArkEngine, ArkOptions, defuse_text_commands, from_options
+from opendance.engines.upstream.evolink import EvolinkEngine, EvolinkOptions
 
 ARK_KEY = "ark-secret-key-0123456789abcdef"
 EVOLINK_KEY = "sk-evolink-secret-fedcba9876543210"

@@ -22,7 +22,7 @@ from byteplussdkarkruntime._exceptions import ArkNotFoundError
 from face_helpers import ark_client, openai_client, wait_task
 
 from conftest import LiveServer, make_settings
-from opendance.app import build_runtime
+from opendance.runtime import build_runtime
 from opendance.store.migrate import alembic_config
 from opendance.tasks.models import Completed, CreateTask
 from opendance.tasks.states import Status

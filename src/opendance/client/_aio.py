@@ -1,4 +1,7 @@
-"""`opendance.AsyncClient`: the asyncio client of an opendance server (same API, awaited)."""
+# unasync: """`opendance.Client`: the blocking Python client of an opendance server."""
+"""`opendance.AsyncClient`: the asyncio client of an opendance server (the same API, awaited)."""
+
+# _sync.py is generated from this file by scripts/unasync.py.  # unasync: omit
 
 from __future__ import annotations
 
@@ -36,13 +39,14 @@ from opendance.client._errors import (
 )
 from opendance.client._models import Credits, FileObject, Task, TaskPage
 
-#: A plain function or a coroutine function; called once per status or progress change.
+# unasync: #: Called with the task once per status or progress change.
+#: Called with the task once per status or progress change; a coroutine function is awaited.
 AsyncProgressCallback = Callable[[Task], object]
 
 
 class AsyncTaskList:
-    """A page of tasks. `async for` yields every task of this page and the ones after it;
-    `pages()` yields the pages."""
+    """A page of tasks (newest first). Iterating yields every task of this page and the pages
+    after it, fetched as needed; `pages()` yields the pages themselves."""
 
     def __init__(self, client: AsyncClient, page: TaskPage, limit: int) -> None:
         self._client = client
@@ -74,15 +78,21 @@ class AsyncTaskList:
 
     async def __aiter__(self) -> AsyncIterator[Task]:
         async for page in self.pages():
-            for task in page.data:
-                yield task
+            for task in page.data:  # unasync: yield from page.data
+                yield task  # unasync: omit
 
     def __len__(self) -> int:
         return len(self.page.data)
 
 
 class AsyncClient:
-    """The asyncio twin of `opendance.Client`: the same methods, to be awaited."""
+    """A client of an opendance server (the Seedance task API, plus opendance's extensions).
+
+    `api_key` defaults to `OPENDANCE_KEY`, `base_url` to `OPENDANCE_BASE_URL` (else
+    http://127.0.0.1:8000). Rate limits (429) and busy servers (503) are retried up to
+    `max_retries` times, waiting what `Retry-After` asks; so are requests that never reached
+    the server. Reads are also retried after a timeout; a create is not (it may exist).
+    """
 
     def __init__(
         self,
@@ -139,6 +149,7 @@ class AsyncClient:
         retry_after_sending: bool,
         stream: bool = False,
     ) -> httpx.Response:
+        """Send with the retry rules; an error status raises its exception."""
         attempt = 0
         while True:
             try:
@@ -201,7 +212,8 @@ class AsyncClient:
         callback_url: str | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Task:
-        """Create a task (see `Client.create`)."""
+        """Create a task. `image` is the first frame: an http(s) URL, an `upload:` id, or a
+        local file (uploaded first). Fields left at None take the server's defaults."""
         image_url: str | None = None
         if image is not None:
             image_url = str(image) if _base.is_reference(image) else await self.upload(image)
@@ -225,6 +237,7 @@ class AsyncClient:
         return Task.model_validate(await self._json("GET", f"/v1/tasks/{task_id}"))
 
     async def list(self, *, limit: int = 20, after: str | None = None) -> AsyncTaskList:
+        """The key's tasks, newest first: one page, iterable across all of them."""
         params: dict[str, Any] = {"limit": limit}
         if after is not None:
             params["after"] = after
@@ -232,6 +245,7 @@ class AsyncClient:
         return AsyncTaskList(self, page, limit)
 
     async def cancel(self, task_id: str) -> Task:
+        """Cancel a pending or processing task (ConflictError if it already ended)."""
         return Task.model_validate(
             await self._json("POST", f"/v1/tasks/{task_id}/cancel", retry_after_sending=False)
         )
@@ -240,6 +254,7 @@ class AsyncClient:
         return Credits.model_validate(await self._json("GET", "/v1/credits"))
 
     async def upload_file(self, path: str | os.PathLike[str]) -> FileObject:
+        """Upload a local image (JPEG, PNG, WebP) for `image_urls`."""
         name, content = await anyio.to_thread.run_sync(_base.read_image, path)
 
         def build() -> httpx.Request:
@@ -255,12 +270,15 @@ class AsyncClient:
         return FileObject.model_validate(response.json())
 
     async def upload(self, path: str | os.PathLike[str]) -> str:
-        return (await self.upload_file(path)).id
+        """Upload a local image; returns the reference (`upload:<name>`) for `image_urls`."""
+        uploaded = await self.upload_file(path)
+        return uploaded.id
 
     async def events(
         self, task: str | Task, *, timeout: float | None = None
     ) -> AsyncGenerator[Task, None]:
-        """The task's live events over one connection (see `Client.events`)."""
+        """The task's live events: one Task per status or progress change, until it ends or
+        the connection does. One connection, no retry (`wait` resumes cut streams)."""
         task_id = _base.task_id_of(task)
         request = self._http.build_request(
             "GET",
@@ -295,9 +313,9 @@ class AsyncClient:
     async def _report(self, on_progress: AsyncProgressCallback | None, task: Task) -> None:
         if on_progress is None:
             return
-        result = on_progress(task)
-        if inspect.isawaitable(result):
-            await result
+        result = on_progress(task)  # unasync: on_progress(task)
+        if inspect.isawaitable(result):  # unasync: omit
+            await result  # unasync: omit
 
     async def wait(
         self,
@@ -308,7 +326,13 @@ class AsyncClient:
         poll_interval: float = 1.0,
         stream: bool = True,
     ) -> Task:
-        """Until the task ends (see `Client.wait`); `on_progress` may be a coroutine function."""
+        """Wait until the task ends; returns it (completed, failed or cancelled).
+
+        Follows the event stream; if the stream is cut, reads the task and resumes it; if the
+        server has no stream (or it keeps breaking), polls every `poll_interval` seconds.
+        `on_progress(task)` is called once per status or progress change. Past `timeout`
+        seconds: WaitTimeoutError (the task goes on).
+        """
         task_id = _base.task_id_of(task)
         deadline = None if timeout is None else time.monotonic() + timeout
         tracker = ProgressTracker(on_progress)
@@ -350,10 +374,11 @@ class AsyncClient:
             except StreamUnavailable:
                 streaming = False
             except (StreamBroken, APIConnectionError, httpx.TransportError):
-                pass
+                pass  # cut mid-way, a read timeout, a restart: resume below
             failures = 0 if got_event else failures + 1
             if failures >= _base.MAX_STREAM_FAILURES:
                 streaming = False
+            # Whatever happened while no stream was open is read now, then the stream resumes.
             check_deadline()
             current = await self.get(task_id)
             if await seen(current):
@@ -364,7 +389,7 @@ class AsyncClient:
                 await self._sleep(pause if left is None else max(0.0, min(pause, left)))
 
     async def download(self, task: str | Task, path: str | os.PathLike[str]) -> Path:
-        """Stream the task's video to `path` (see `Client.download`)."""
+        """Stream the task's video to `path` (written whole or not at all); returns the path."""
         current = (
             task
             if isinstance(task, Task) and task.results
@@ -381,6 +406,7 @@ class AsyncClient:
         temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
 
         def build() -> httpx.Request:
+            # Signed URL: the API key is not sent (the URL may point at another host).
             return self._http.build_request(
                 "GET", self._url(url), headers={"User-Agent": _base.USER_AGENT}
             )
@@ -409,7 +435,7 @@ class AsyncClient:
         timeout: float | None = None,
         **create: Any,
     ) -> Task:
-        """Create, wait, and (with `output`) download."""
+        """Create, wait, and (with `output`) download: the whole round trip in one call."""
         task = await self.create(prompt, **create)
         done = await self.wait(task, on_progress=on_progress, timeout=timeout)
         if output is not None and done.status == "completed":

@@ -85,7 +85,6 @@ class JobDeferrer:
     def start(self) -> None:
         self.app.open()
         self._opened = True
-        self.service.on_created.append(self.offer)
 
     def stop(self) -> None:
         if self._opened:

@@ -46,7 +46,6 @@ class LocalDispatcher:
         self._pending_wakeups = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        service.on_created.append(self.notify)
 
     def start(self) -> None:
         for index in range(self.workers):

@@ -137,7 +137,6 @@ class TaskRunner:
         self.settings = settings
         self._active: dict[str, WorkerContext] = {}
         self._lock = threading.Lock()
-        service.on_cancelled.append(self.notify_cancelled)
 
     def notify_cancelled(self, task_id: str) -> None:
         with self._lock:

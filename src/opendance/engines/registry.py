@@ -24,8 +24,8 @@ EngineFactory = Callable[[dict[str, Any]], Engine]
 ENGINE_FACTORIES: dict[str, str] = {
     "sandbox": "opendance.engines.sandbox:from_options",
     "diffusers": "opendance.engines.diffusers:from_options",
-    "ark": "opendance.engines.ark:from_options",
-    "evolink": "opendance.engines.evolink:from_options",
+    "ark": "opendance.engines.upstream.ark:from_options",
+    "evolink": "opendance.engines.upstream.evolink:from_options",
 }
 
 

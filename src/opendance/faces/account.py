@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, error_responses
 from opendance.tasks.ledger import Entry
 
@@ -35,7 +36,7 @@ router = APIRouter(tags=["Account"], responses=KEY_ERRORS)
 )
 def get_credits(key: CurrentKey, request: Request) -> dict[str, Any]:
     """The balance counts credits reserved by running tasks as spent (they come back on refund)."""
-    summary = request.app.state.runtime.accounts.get(key.id)
+    summary = runtime_of(request).accounts.get(key.id)
     return {
         "object": "credits",
         "balance": summary.balance,
@@ -101,7 +102,7 @@ async def get_usage(
     """Entries in the order they were written (newest first by default), with each one's
     effect on the balance: over all of a key's entries, `balance_change` adds up to
     `balance`. A task has one `reserve`, then one `settle` (completed) or `refund`."""
-    accounts = request.app.state.runtime.accounts
+    accounts = runtime_of(request).accounts
     entries, has_more, balance = await run_in_threadpool(
         accounts.ledger_page,
         key.id,

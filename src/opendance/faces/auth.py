@@ -8,6 +8,7 @@ from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import ApiError
 from opendance.tasks.models import KeyInfo
 
@@ -22,7 +23,7 @@ def authenticate_request(request: Request, token: str | None) -> KeyInfo:
             "Send your API key as 'Authorization: Bearer <key>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key: KeyInfo | None = request.app.state.runtime.accounts.authenticate(token)
+    key: KeyInfo | None = runtime_of(request).accounts.authenticate(token)
     if key is None:
         raise ApiError(
             401,
@@ -45,7 +46,7 @@ def bearer_token(request: Request) -> str | None:
 async def authenticate_async(request: Request, token: str | None) -> KeyInfo:
     """`authenticate_request` without a thread hop when the key was seen a moment ago."""
     if token:
-        key: KeyInfo | None = request.app.state.runtime.accounts.cached(token)
+        key: KeyInfo | None = runtime_of(request).accounts.cached(token)
         if key is not None:
             request.state.key = key
             return key
@@ -55,7 +56,7 @@ async def authenticate_async(request: Request, token: str | None) -> KeyInfo:
 async def read_key(request: Request) -> tuple[KeyInfo, dict[str, str]]:
     """`require_key` without dependency injection: the key, and the rate-limit headers to send."""
     key = await authenticate_async(request, bearer_token(request))
-    return key, request.app.state.runtime.limiter.check(key.id, "read")
+    return key, runtime_of(request).limiter.check(key.id, "read")
 
 
 async def require_key(

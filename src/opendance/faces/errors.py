@@ -52,6 +52,7 @@ SERVICE_STATUS: dict[type[service_errors.ServiceError], int] = {
     service_errors.ServiceUnavailable: 503,
     service_errors.IdempotencyKeyReused: 422,
     service_errors.TooManyActiveTasks: 429,
+    service_errors.RateLimited: 429,
 }
 
 
@@ -132,6 +133,8 @@ def from_service_error(error: service_errors.ServiceError) -> ApiError:
     headers = {"Retry-After": "5"} if status in (429, 503) else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
+    if isinstance(error, service_errors.RateLimited):
+        headers = dict(error.headers)
     return ApiError(status, error.code, error.message, param=error.param, headers=headers)
 
 

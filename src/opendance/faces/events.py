@@ -6,10 +6,11 @@ carries a terminal status (`completed`, `failed`, `cancelled`), or without one i
 deleted meanwhile (the OpenAI and Ark faces cancel a running task, then delete it). The polling
 API stays the contract: the stream is a convenience, and a client that loses it can always poll.
 
-Changes are seen two ways. In this process, the task service's `on_changed` and `on_created`
-listeners wake the streams of that task at once. Changes made by other processes (scaled-out
-workers) are not heard here, so every stream also reads the task from the database every
-`POLL_SECONDS` and sends an event whenever (status, progress) differ from the last one sent.
+Changes are seen two ways. In this process, the runtime's event hub (`runtime.events`, wired
+to the task service's listeners) wakes the streams of that task at once. Changes made by other
+processes (scaled-out workers) are not heard here, so every stream also reads the task from
+the database every `POLL_SECONDS` and sends an event whenever (status, progress) differ from
+the last one sent.
 A comment line goes out every `HEARTBEAT_SECONDS` so proxies and clients keep the connection.
 """
 
@@ -19,9 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
@@ -29,11 +29,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, error_responses
-from opendance.faces.seed import task_object
+from opendance.faces.seedance import task_object
+from opendance.runtime import Runtime
 from opendance.tasks.errors import TaskNotFound
 from opendance.tasks.models import TaskView
 from opendance.tasks.states import TERMINAL
+from opendance.tasks.watchers import TaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -47,61 +50,6 @@ HEARTBEAT_SECONDS: float = 15.0
 MAX_STREAM_SECONDS: float = 3600.0
 #: What the client is told to wait before reconnecting (the SSE `retry` field), milliseconds.
 RETRY_MS: Final[int] = 2000
-_EXTRAS_KEY: Final[str] = "task_events"
-_hub_lock = threading.Lock()
-
-
-class TaskEvents:
-    """Wakes the streams of this process when the task service changes one of their tasks.
-
-    Registered once per runtime on the service's listener lists; listeners run in worker
-    threads after the commit, so waking is a thread-safe `call_soon_threadsafe` per stream.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-
-    def notify(self, task_id: str) -> None:
-        with self._lock:
-            waiters = list(self._waiters.get(task_id, ()))
-        for loop, event in waiters:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(event.set)
-
-    @contextlib.contextmanager
-    def subscribe(self, task_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever the task changes in this process (call inside the loop)."""
-        waiter = (asyncio.get_running_loop(), asyncio.Event())
-        with self._lock:
-            self._waiters.setdefault(task_id, set()).add(waiter)
-        try:
-            yield waiter[1]
-        finally:
-            with self._lock:
-                waiters = self._waiters.get(task_id)
-                if waiters is not None:
-                    waiters.discard(waiter)
-                    if not waiters:
-                        del self._waiters[task_id]
-
-    def watching(self) -> int:
-        """How many streams are open (for tests and metrics)."""
-        with self._lock:
-            return sum(len(waiters) for waiters in self._waiters.values())
-
-
-def task_events(runtime: Any) -> TaskEvents:
-    """The runtime's hub, created and registered with the task service on first use."""
-    with _hub_lock:
-        hub = runtime.extras.get(_EXTRAS_KEY)
-        if not isinstance(hub, TaskEvents):
-            hub = TaskEvents()
-            runtime.service.on_changed.append(hub.notify)
-            # A task handed back to the queue (re-queued or released) goes through on_created.
-            runtime.service.on_created.append(hub.notify)
-            runtime.extras[_EXTRAS_KEY] = hub
-        return hub
 
 
 def sse_event(body: dict[str, Any], event: str = "task") -> bytes:
@@ -111,7 +59,7 @@ def sse_event(body: dict[str, Any], event: str = "task") -> bytes:
 
 
 async def stream_task(
-    runtime: Any, key_id: str, first: TaskView, hub: TaskEvents
+    runtime: Runtime, key_id: str, first: TaskView, hub: TaskEvents
 ) -> AsyncIterator[bytes]:
     """The events of one task, from its current state to its end."""
     service = runtime.service
@@ -156,8 +104,8 @@ async def stream_task(
     },
 )
 async def follow_task(task_id: str, key: CurrentKey, request: Request) -> StreamingResponse:
-    runtime = request.app.state.runtime
-    hub = task_events(runtime)
+    runtime = runtime_of(request)
+    hub = runtime.events
     view = await run_in_threadpool(runtime.service.get_task, key.id, task_id)
     return StreamingResponse(
         stream_task(runtime, key.id, view, hub),

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from opendance import __version__
+from opendance.faces.deps import runtime_of
 from opendance.store.migrate import is_current
 
 router = APIRouter(tags=["Health"])
@@ -25,7 +26,7 @@ def healthz() -> dict[str, Any]:
     responses={503: {"description": "Not ready: `checks` names what is not ok"}},
 )
 def readyz(request: Request) -> JSONResponse:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     checks: dict[str, str] = {}
     try:
         with runtime.db.engine.connect() as conn:

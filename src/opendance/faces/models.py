@@ -22,8 +22,10 @@ from opendance.engines.catalog import (
     ModelCard,
 )
 from opendance.faces.auth import CurrentKey
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.media.sizes import IMAGE_ONLY_RATIOS, QUALITIES
+from opendance.runtime import Runtime
 from opendance.settings import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,9 @@ def model_object(
     }
 
 
-def _objects(runtime: Any, group: str, names: list[str], *, strict: bool) -> list[dict[str, Any]]:
+def _objects(
+    runtime: Runtime, group: str, names: list[str], *, strict: bool
+) -> list[dict[str, Any]]:
     """The model objects; a model whose engine cannot be built now is left out of a list
     (`strict=False`) or answers 503 `engine_unavailable` when asked for by name."""
     created = int(runtime.started_at)
@@ -117,7 +121,7 @@ def _objects(runtime: Any, group: str, names: list[str], *, strict: bool) -> lis
     },
 )
 async def list_models(key: CurrentKey, request: Request) -> dict[str, Any]:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     names = runtime.catalog.models()
     data = await run_in_threadpool(partial(_objects, strict=False), runtime, key.group, names)
     return {"object": "list", "data": data}
@@ -132,7 +136,7 @@ async def list_models(key: CurrentKey, request: Request) -> dict[str, Any]:
     },
 )
 async def get_model(model_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     if model_id not in runtime.catalog.models():
         raise ApiError(404, "model_not_found", f"No model '{model_id}'.", param="model_id")
     (data,) = await run_in_threadpool(

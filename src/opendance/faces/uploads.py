@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.faces.images import save_upload
 from opendance.media.uploads import uploads_dir
@@ -99,7 +100,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
     },
 )
 async def upload_file(request: Request, key: CurrentKey) -> dict[str, Any]:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     settings = runtime.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 
 from opendance.callbacks.signing import ROTATION_GRACE_SECONDS
 from opendance.faces.auth import CurrentKey
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, error_responses
 
 router = APIRouter(tags=["Callbacks"], responses=KEY_ERRORS)
@@ -19,7 +20,7 @@ router = APIRouter(tags=["Callbacks"], responses=KEY_ERRORS)
     responses=error_responses({404: "Unknown task"}),
 )
 def task_callbacks(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     runtime.service.get_task(key.id, task_id)  # 404 unless it is this key's task
     records = runtime.outbox.deliveries_of(task_id)
     return {
@@ -53,13 +54,13 @@ def task_callbacks(task_id: str, key: CurrentKey, request: Request) -> dict[str,
 
 @router.get("/v1/webhook-secret", summary="The secret that signs this key's callbacks")
 def webhook_secret(key: CurrentKey, request: Request) -> dict[str, Any]:
-    current, previous = request.app.state.runtime.accounts.webhook_secret(key.id)
+    current, previous = runtime_of(request).accounts.webhook_secret(key.id)
     return {"secret": current, "previous_secret": previous, "scheme": "standard-webhooks v1"}
 
 
 @router.post("/v1/webhook-secret/rotate", summary="Make a new signing secret")
 def rotate_webhook_secret(key: CurrentKey, request: Request) -> dict[str, Any]:
-    accounts = request.app.state.runtime.accounts
+    accounts = runtime_of(request).accounts
     accounts.rotate_webhook_secret(key.id)
     current, previous = accounts.webhook_secret(key.id)
     return {

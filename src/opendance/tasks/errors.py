@@ -56,3 +56,13 @@ class IdempotencyKeyReused(ServiceError):
 
 class TooManyActiveTasks(ServiceError):
     code = "too_many_active_tasks"
+
+
+class RateLimited(ServiceError):
+    """Past the key's request rate; `headers` are the rate-limit headers (with Retry-After)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers

@@ -41,6 +41,7 @@ from opendance.tasks.errors import (
     TooManyActiveTasks,
     UnknownModel,
 )
+from opendance.tasks.estimates import QueuedWork
 from opendance.tasks.models import (
     Cancelled,
     ClaimedTask,
@@ -52,7 +53,6 @@ from opendance.tasks.models import (
     TaskView,
 )
 from opendance.tasks.pricing import PriceTable
-from opendance.tasks.queue_work import QueuedWork
 from opendance.tasks.states import TERMINAL, Status, sources_of
 
 log = logging.getLogger(__name__)

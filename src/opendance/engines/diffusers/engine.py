@@ -8,14 +8,14 @@ cancelled: the cancel raises out of the step callback, so the VAE decode never r
 tensors are freed before `generate` returns.
 
 torch and diffusers are imported only inside `start()` and the calls after it, so the server
-imports this module (and runs every other engine) without them.
+imports this module (and runs every other engine) without them. Reading, loading and placing the
+pipeline live in `loading`; the speed settings and the warm-up in `speed`.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import logging
 import secrets
 import threading
@@ -37,6 +37,7 @@ from opendance.engines.base import (
     VideoPlan,
     VideoRequest,
 )
+from opendance.engines.diffusers import loading, speed
 from opendance.engines.diffusers.cfg import BatchedCfg
 from opendance.engines.diffusers.family import (
     FamilyAdapter,
@@ -44,18 +45,11 @@ from opendance.engines.diffusers.family import (
     plan_video,
     rules_from_pipeline,
 )
-from opendance.engines.diffusers.ltx import LTXAdapter
-from opendance.engines.diffusers.options import DiffusersOptions, WarmupSize
+from opendance.engines.diffusers.loading import ADAPTERS, _require_heavy, detect_family
+from opendance.engines.diffusers.options import DiffusersOptions
 from opendance.engines.diffusers.video import _write_mp4, frames_to_yuv420
-from opendance.engines.diffusers.wan import Wan21Adapter, Wan22TI2VAdapter
 
 log = logging.getLogger(__name__)
-
-ADAPTERS: dict[str, type[FamilyAdapter]] = {
-    "wan21": Wan21Adapter,
-    "wan22_ti2v": Wan22TI2VAdapter,
-    "ltx": LTXAdapter,
-}
 
 #: Share of the progress bar given to denoising; decoding and writing finish the rest.
 DENOISE_SHARE = 0.95
@@ -63,34 +57,6 @@ DENOISE_SHARE = 0.95
 # Starting guesses for the time estimate (transformer matmul FLOP/s reached, overheads included),
 # replaced by what the engine measures on its jobs.
 DEFAULT_RATE = {"cuda": 2.5e14, "cpu": 5e10}
-
-
-def detect_family(model_index: Mapping[str, Any]) -> str:
-    """The family of a pipeline from its `model_index.json`."""
-    class_name = str(model_index.get("_class_name", ""))
-    if class_name in ("WanPipeline", "WanImageToVideoPipeline"):
-        return "wan22_ti2v" if model_index.get("expand_timesteps") else "wan21"
-    if class_name in ("LTXPipeline", "LTXImageToVideoPipeline"):
-        return "ltx"
-    raise EngineError(
-        "unsupported_model",
-        f"no adapter for the pipeline class {class_name or '(none)'}; set `family` or use a "
-        "Wan 2.1, Wan 2.2 TI2V or LTX-Video model",
-    )
-
-
-def _require_heavy() -> tuple[Any, Any]:
-    try:
-        import diffusers
-        import torch
-    except ImportError as exc:
-        raise EngineUnavailable(
-            f"the diffusers engine needs torch and diffusers ({exc}): install opendance[gpu]"
-        ) from exc
-    return torch, diffusers
-
-
-_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
 class DiffusersEngine(Engine):
@@ -172,22 +138,7 @@ class DiffusersEngine(Engine):
             config["_class_name"] = type(self._given_pipeline).__name__
             self._model_index = config
             return config
-        folder = Path(self.options.model).expanduser()
-        if folder.is_dir():
-            path = folder / "model_index.json"
-        else:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(self.options.model, "model_index.json"))
-            except Exception as exc:
-                raise EngineUnavailable(
-                    f"cannot read model_index.json of {self.options.model}: {exc}"
-                ) from exc
-        try:
-            self._model_index = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise EngineUnavailable(f"cannot read {path}: {exc}") from exc
+        self._model_index = loading.read_model_index(self.options.model)
         return self._model_index
 
     def estimate_seconds(self, plan: VideoPlan) -> float:
@@ -235,178 +186,34 @@ class DiffusersEngine(Engine):
     def start(self) -> None:
         torch, _ = _require_heavy()
         opts = self.options
-        device = self._resolve_device(torch)
-        dtype = getattr(torch, _DTYPES[opts.dtype]) if opts.dtype != "auto" else None
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        vae_dtype = torch.float32 if opts.vae_dtype == "auto" else getattr(torch, opts.vae_dtype)
+        device = loading.resolve_device(torch, opts.device)
+        dtype, vae_dtype = loading.resolve_dtypes(torch, opts, device)
 
         pipe = self._given_pipeline
         if pipe is None:
-            pipe = self._load(torch, dtype, vae_dtype)
+            pipe = loading.load_pipeline(opts.model, dtype, vae_dtype)
         self._model_index = None
         self._given_pipeline = pipe
         self._read_model_index()
         self._device = device
-        self._place(torch, pipe, device)
+        self.applied["offload"] = loading.place(torch, pipe, device, opts.offload)
         pipe.set_progress_bar_config(disable=True)
 
         adapter = self.adapter
         self._adapter = adapter = adapter.with_rules(rules_from_pipeline(adapter.rules, pipe))
-        self._pipes = self._build_pipelines(pipe, adapter)
-        self._apply_speed(torch, pipe, device)
+        self._pipes = loading.build_pipelines(pipe, adapter)
+        self._batched_cfg = speed.apply_speed(pipe, device, opts, adapter, self.applied)
+        log.info("%s ready on %s: %s", self.model_name, device, self.applied)
         if device.type == "cuda":
             # Conv algorithms tuned per shape: the VAE's 3-D convolutions run at fixed sizes.
             torch.backends.cudnn.benchmark = True
-        self._warm_up()
-
-    def _resolve_device(self, torch: Any) -> Any:
-        requested = self.options.device
-        if requested == "auto":
-            requested = "cuda" if torch.cuda.is_available() else "cpu"
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise EngineError("engine_unavailable", "device cuda requested but no CUDA GPU found")
-        return torch.device(requested)
-
-    def _load(self, torch: Any, dtype: Any, vae_dtype: Any) -> Any:
-        import diffusers
-
-        pipeline_class: Any = diffusers.DiffusionPipeline
-        dtypes = {"default": dtype, "vae": vae_dtype}
-        major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
-        key = "dtype" if (major, minor) >= (0, 42) else "torch_dtype"
-        log.info("loading %s (%s, VAE %s)", self.options.model, dtype, vae_dtype)
-        try:
-            return pipeline_class.from_pretrained(self.options.model, **{key: dtypes})
-        except (OSError, ValueError) as exc:
-            raise EngineError(
-                "model_load_failed", f"cannot load {self.options.model}: {exc}"
-            ) from exc
-
-    def _place(self, torch: Any, pipe: Any, device: Any) -> None:
-        offload = self.options.offload
-        if device.type != "cuda" or offload == "none":
-            if offload != "none":
-                log.info("offload=%s ignored on %s", offload, device)
-            pipe.to(device)
-        elif offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        elif offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=device)
-        else:
-            import importlib
-
-            hooks: Any = importlib.import_module("diffusers.hooks")
-            for name, component in pipe.components.items():
-                if isinstance(component, torch.nn.Module) and name != "text_encoder":
-                    component.to(device)
-            hooks.apply_group_offloading(
-                pipe.text_encoder,
-                onload_device=device,
-                offload_device=torch.device("cpu"),
-                offload_type="leaf_level",
-                use_stream=True,
-            )
-        self.applied["offload"] = offload if device.type == "cuda" else "none"
-
-    def _build_pipelines(self, pipe: Any, adapter: FamilyAdapter) -> dict[str, Any]:
-        """The text- and image-to-video pipelines this model can run, sharing its modules."""
-        base = type(pipe).__name__
-        if base == adapter.t2v_class:
-            pipes = {"t2v": pipe}
-            if adapter.derivable:
-                pipes["i2v"] = self._derive(pipe, adapter.i2v_class, adapter)
-        elif base == adapter.i2v_class:
-            pipes = {"i2v": pipe}
-            if adapter.derivable:
-                pipes["t2v"] = self._derive(pipe, adapter.t2v_class, adapter)
-        else:
-            raise EngineError("unsupported_model", f"{base} is not a {adapter.name} pipeline class")
-        return pipes
-
-    @staticmethod
-    def _derive(pipe: Any, class_name: str, adapter: FamilyAdapter) -> Any:
-        """Build another pipeline class on the same modules. Unlike `from_pipe`, this never
-        casts the shared modules (from_pipe casts every module to one dtype)."""
-        import inspect
-
-        import diffusers
-
-        cls = getattr(diffusers, class_name)
-        accepted = inspect.signature(cls.__init__).parameters
-        kwargs = {name: module for name, module in pipe.components.items() if name in accepted}
-        for name, value in adapter.derived_config(dict(pipe.config)).items():
-            if name in accepted:
-                kwargs[name] = value
-        derived = cls(**kwargs)
-        derived.set_progress_bar_config(disable=True)
-        return derived
-
-    def _apply_speed(self, torch: Any, pipe: Any, device: Any) -> None:
-        from opendance.engines.diffusers import speed
-
-        opts = self.options
-        transformers = [
-            module
-            for module in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
-            if module is not None
-        ]
-        self.applied["attention_backend"] = speed.set_attention_backend(
-            transformers, opts.attention_backend, device
+        speed.warm_up(
+            opts.warmup,
+            self._pipes,
+            bool(self.applied.get("compile")),
+            lambda request: self._shape(request, None),
+            lambda job: self._run(job, None, steps=2),
         )
-        self.applied["fp8"] = bool(opts.fp8) and all(
-            speed.quantize_fp8(transformer, device) for transformer in transformers
-        )
-        if opts.cache == "first_block":
-            for transformer in transformers:
-                speed.enable_first_block_cache(transformer, opts.cache_threshold)
-        self.applied["cache"] = opts.cache
-        compile_blocks = opts.compile if opts.compile is not None else device.type == "cuda"
-        if compile_blocks:
-            for transformer in transformers:
-                speed.compile_blocks(transformer, fullgraph=opts.cache == "none")
-        self.applied["compile"] = compile_blocks
-        if opts.vae_tiling:
-            pipe.vae.enable_tiling()
-        self.applied["vae_tiling"] = opts.vae_tiling
-        # LTX pipelines batch guidance themselves; Wan's run the two passes in turn.
-        self._batched_cfg = (
-            [BatchedCfg(transformer) for transformer in transformers]
-            if opts.batch_cfg and isinstance(self.adapter, Wan21Adapter)
-            else []
-        )
-        self.applied["batch_cfg"] = bool(self._batched_cfg)
-        log.info("%s ready on %s: %s", self.model_name, device, self.applied)
-
-    def _warm_up(self) -> None:
-        """Run each warm-up shape once with two steps (compiles, tunes convolutions)."""
-        sizes = self.options.warmup
-        if sizes is None:
-            sizes = [WarmupSize(quality="1080p", image="t2v" not in self._pipes)]
-            if not self.applied.get("compile"):
-                sizes = []
-        for size in sizes:
-            if size.image and "i2v" not in self._pipes:
-                continue
-            request = VideoRequest(
-                prompt="warm-up",
-                duration=size.duration,
-                quality=size.quality,
-                aspect_ratio=size.aspect_ratio,
-                seed=0,
-                has_image=size.image,
-            )
-            shape = self._shape(request, None)
-            job = _job_for(request, shape, "warm-up")
-            started = time.perf_counter()
-            self._run(job, None, steps=2)
-            log.info(
-                "warmed up %dx%dx%d in %.1f s",
-                shape.width,
-                shape.height,
-                shape.frames,
-                time.perf_counter() - started,
-            )
 
     # -- making videos ----------------------------------------------------------------------
 
@@ -553,24 +360,3 @@ class DiffusersEngine(Engine):
             import torch
 
             torch.cuda.empty_cache()
-
-
-def _job_for(request: VideoRequest, shape: PlannedShape, task_id: str) -> VideoJob:
-    image = None
-    if request.has_image:
-        from PIL import Image
-
-        image = Image.new("RGB", (shape.width, shape.height), (128, 128, 128))
-    return VideoJob(
-        task_id=task_id,
-        prompt=request.prompt,
-        width=shape.width,
-        height=shape.height,
-        fps=shape.fps,
-        frames=shape.frames,
-        duration=request.duration,
-        quality=request.quality,
-        aspect_ratio=request.aspect_ratio,
-        seed=request.seed,
-        image=image,
-    )

@@ -2,14 +2,24 @@
 
 Each one is optional and independent; one that cannot be applied on this machine (no FA3 build,
 no torchao, a GPU without FP8) is skipped with a log line rather than failing the engine.
-The order matters: quantize before compiling, hook the cache before compiling.
+The order matters: quantize before compiling, hook the cache before compiling. `apply_speed`
+applies them all (with VAE tiling and batched guidance) in that order, and `warm_up` runs the
+configured shapes once at start, so compiling and tuning happen before the first user's request.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from opendance.engines.base import VideoJob, VideoRequest
+from opendance.engines.diffusers.cfg import BatchedCfg
+from opendance.engines.diffusers.family import FamilyAdapter, PlannedShape
+from opendance.engines.diffusers.options import DiffusersOptions, WarmupSize
+from opendance.engines.diffusers.wan import Wan21Adapter
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +120,106 @@ def compile_blocks(transformer: Any, *, fullgraph: bool) -> None:
     # Each warm-up size is one more graph of the same block code; allow a few sizes.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False)
+
+
+def apply_speed(
+    pipe: Any,
+    device: Any,
+    opts: DiffusersOptions,
+    adapter: FamilyAdapter,
+    applied: dict[str, Any],
+) -> list[BatchedCfg]:
+    """Apply every speed setting to the pipeline's transformers, recording in `applied` what
+    really took effect; returns the batched-guidance patches to activate per generation."""
+    transformers = [
+        module
+        for module in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+        if module is not None
+    ]
+    applied["attention_backend"] = set_attention_backend(
+        transformers, opts.attention_backend, device
+    )
+    applied["fp8"] = bool(opts.fp8) and all(
+        quantize_fp8(transformer, device) for transformer in transformers
+    )
+    if opts.cache == "first_block":
+        for transformer in transformers:
+            enable_first_block_cache(transformer, opts.cache_threshold)
+    applied["cache"] = opts.cache
+    compile_transformers = opts.compile if opts.compile is not None else device.type == "cuda"
+    if compile_transformers:
+        for transformer in transformers:
+            compile_blocks(transformer, fullgraph=opts.cache == "none")
+    applied["compile"] = compile_transformers
+    if opts.vae_tiling:
+        pipe.vae.enable_tiling()
+    applied["vae_tiling"] = opts.vae_tiling
+    # LTX pipelines batch guidance themselves; Wan's run the two passes in turn.
+    batched_cfg = (
+        [BatchedCfg(transformer) for transformer in transformers]
+        if opts.batch_cfg and isinstance(adapter, Wan21Adapter)
+        else []
+    )
+    applied["batch_cfg"] = bool(batched_cfg)
+    return batched_cfg
+
+
+def warm_up(
+    sizes: list[WarmupSize] | None,
+    pipes: Mapping[str, Any],
+    compiled: bool,
+    shape_of: Callable[[VideoRequest], PlannedShape],
+    run: Callable[[VideoJob], object],
+) -> None:
+    """Run each warm-up shape once (`run` uses two steps: compiles, tunes convolutions).
+
+    Without configured `sizes`, a compiled model warms up its largest 16:9 clip and an
+    uncompiled one nothing.
+    """
+    if sizes is None:
+        sizes = [WarmupSize(quality="1080p", image="t2v" not in pipes)]
+        if not compiled:
+            sizes = []
+    for size in sizes:
+        if size.image and "i2v" not in pipes:
+            continue
+        request = VideoRequest(
+            prompt="warm-up",
+            duration=size.duration,
+            quality=size.quality,
+            aspect_ratio=size.aspect_ratio,
+            seed=0,
+            has_image=size.image,
+        )
+        shape = shape_of(request)
+        job = _job_for(request, shape, "warm-up")
+        started = time.perf_counter()
+        run(job)
+        log.info(
+            "warmed up %dx%dx%d in %.1f s",
+            shape.width,
+            shape.height,
+            shape.frames,
+            time.perf_counter() - started,
+        )
+
+
+def _job_for(request: VideoRequest, shape: PlannedShape, task_id: str) -> VideoJob:
+    image = None
+    if request.has_image:
+        from PIL import Image
+
+        image = Image.new("RGB", (shape.width, shape.height), (128, 128, 128))
+    return VideoJob(
+        task_id=task_id,
+        prompt=request.prompt,
+        width=shape.width,
+        height=shape.height,
+        fps=shape.fps,
+        frames=shape.frames,
+        duration=request.duration,
+        quality=request.quality,
+        aspect_ratio=request.aspect_ratio,
+        seed=request.seed,
+        image=image,
+    )

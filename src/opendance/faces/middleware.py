@@ -1,19 +1,22 @@
 """ASGI middleware: request ids in and out, a request body limit, request metrics.
 
-Written as plain ASGI (not BaseHTTPMiddleware) so it adds little per request and never
-buffers streamed responses such as SSE or video downloads.
+It lives with the faces because its 413 is an API error: it answers in the shape of the face
+that owns the path (`error_response_for`, handed in by the app). Written as plain ASGI (not
+BaseHTTPMiddleware) so it adds little per request and never buffers streamed responses such
+as SSE or video downloads.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from opendance.faces.errors import error_body
+from opendance.faces.errors import ApiError
 from opendance.observability import context
 from opendance.observability.metrics import Metrics
 
@@ -28,10 +31,18 @@ class RequestContextMiddleware:
     """X-Request-Id (the client's if sane, else a new one) on the response and every log line;
     413 for bodies over `max_body_bytes` (announced or streamed); a latency histogram."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        error_response_for: Callable[[str], Callable[[ApiError], Response]],
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.error_response_for = error_response_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +61,7 @@ class RequestContextMiddleware:
                 and raw_length.isdigit()
                 and int(raw_length) > self.max_body_bytes
             ):
-                await self._reject(send, request_id)
+                await self._reject(scope, receive, send, request_id)
                 status_holder["status"] = 413
                 return
 
@@ -81,7 +92,7 @@ class RequestContextMiddleware:
             except _BodyTooLarge:
                 if not status_holder["started"]:
                     status_holder["status"] = 413
-                    await self._reject(send, request_id)
+                    await self._reject(scope, receive, send, request_id)
         finally:
             context.request_id.reset(token)
             route = scope.get("route")
@@ -90,19 +101,13 @@ class RequestContextMiddleware:
                 scope.get("method", ""), path, str(status_holder["status"])
             ).observe(time.perf_counter() - started)
 
-    async def _reject(self, send: Send, request_id: str) -> None:
-        body = json.dumps(
-            error_body(
-                413,
-                "request_too_large",
-                f"The request body is larger than {self.max_body_bytes} bytes.",
-            )
-        ).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", request_id.encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        error = ApiError(
+            413,
+            "request_too_large",
+            f"The request body is larger than {self.max_body_bytes} bytes.",
+        )
+        response = self.error_response_for(scope.get("path", ""))(error)
+        response.headers["x-request-id"] = request_id
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)

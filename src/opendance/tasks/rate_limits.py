@@ -14,8 +14,8 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from opendance.faces.errors import ApiError
 from opendance.settings import Settings
+from opendance.tasks.errors import RateLimited
 
 
 class KeyRateLimiter:
@@ -29,7 +29,7 @@ class KeyRateLimiter:
         }
 
     def check(self, key_id: str, kind: str) -> dict[str, str]:
-        """Count one request; the rate-limit headers to send, or ApiError(429) past the limit."""
+        """Count one request; the rate-limit headers to send, or `RateLimited` past the limit."""
         item = self._limits[kind]
         allowed = self._limiter.hit(item, key_id, kind)
         stats = self._limiter.get_window_stats(item, key_id, kind)
@@ -40,9 +40,7 @@ class KeyRateLimiter:
             "X-RateLimit-Reset": str(reset_in),
         }
         if not allowed:
-            raise ApiError(
-                429,
-                "rate_limited",
+            raise RateLimited(
                 f"Too many {kind} requests for this key: the limit is {item}. "
                 f"Retry in {max(1, reset_in)} s.",
                 headers={**headers, "Retry-After": str(max(1, reset_in))},

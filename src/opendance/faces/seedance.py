@@ -24,11 +24,14 @@ from opendance.faces.auth import (
     bearer_token,
     read_key,
 )
-from opendance.faces.common import check_callback_url
+from opendance.faces.common import (
+    check_callback_url,
+    guarded_create,
+    run_on,
+)
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
-from opendance.faces.guards import guarded_create
 from opendance.faces.images import image_reference
-from opendance.faces.offload import run_on
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.media.storage import ResultStore
 from opendance.settings import DEFAULT_MODEL, Settings
@@ -206,6 +209,11 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
     return body
 
 
+def callback_body(view: TaskView, results: ResultStore) -> str:
+    """The callback this face registers with the runtime: the task object, as `GET` shows it."""
+    return json.dumps(task_object(view, results), separators=(",", ":"))
+
+
 _TASK_EXAMPLE = {
     "created": 1761313744,
     "id": "task-unified-1761313744-vux2jw0k",
@@ -251,7 +259,7 @@ _ERROR_RESPONSES = error_responses(
     },
 )
 async def create_video(request: Request) -> JSONResponse:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     key = await authenticate_async(request, bearer_token(request))
     raw = await request.body()
     # A small body cannot carry a data: URL worth a thread (decoding and storing one blocks).
@@ -274,7 +282,7 @@ async def create_video(request: Request) -> JSONResponse:
     openapi_extra=BEARER_SECURITY,
 )
 async def get_task(task_id: str, request: Request) -> JSONResponse:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     key, headers = await read_key(request)
     view = await run_on(runtime.db.read_executor, runtime.service.get_task, key.id, task_id)
     return JSONResponse(task_object(view, runtime.results), headers=headers)
@@ -286,7 +294,7 @@ async def get_task(task_id: str, request: Request) -> JSONResponse:
     responses=error_responses({404: "Unknown task", 409: "Task already finished"}),
 )
 def cancel_task(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     view = runtime.service.cancel_task(key.id, task_id)
     return task_object(view, runtime.results)
 
@@ -304,7 +312,7 @@ def list_tasks(
         str | None, Query(description="Id of the last task of the previous page")
     ] = None,
 ) -> dict[str, Any]:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     views, has_more = runtime.service.list_tasks(key.id, limit=limit, after=after)
     data = [task_object(view, runtime.results) for view in views]
     return {

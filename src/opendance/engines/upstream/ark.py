@@ -14,15 +14,10 @@ from typing import Any, Final
 
 from pydantic import Field
 
-from opendance.engines._upstream import (
-    MalformedAnswer,
-    TaskSnapshot,
-    UpstreamEngine,
-    UpstreamOptions,
-    png_data_url,
-    quote_id,
-)
 from opendance.engines.base import VideoJob
+from opendance.engines.upstream.base import UpstreamEngine
+from opendance.engines.upstream.options import UpstreamOptions
+from opendance.engines.upstream.wire import MalformedAnswer, TaskSnapshot, png_data_url, quote_id
 
 _TASKS_PATH: Final = "/contents/generations/tasks"
 # Ark's refusals of unsafe input or output: `InputTextSensitiveContentDetected`,

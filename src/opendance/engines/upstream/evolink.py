@@ -14,20 +14,18 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from opendance.engines._upstream import (
+from opendance.engines.base import EngineError, VideoJob
+from opendance.engines.upstream.base import UpstreamEngine
+from opendance.engines.upstream.errors import (
     UPSTREAM_CANCELLED,
     UPSTREAM_CONTENT_REJECTED,
     UPSTREAM_FAILED,
     UPSTREAM_IMAGE_UNSUPPORTED,
     UPSTREAM_REJECTED,
     UPSTREAM_TIMEOUT,
-    MalformedAnswer,
-    TaskSnapshot,
-    UpstreamEngine,
-    UpstreamOptions,
-    quote_id,
 )
-from opendance.engines.base import EngineError, VideoJob
+from opendance.engines.upstream.options import UpstreamOptions
+from opendance.engines.upstream.wire import MalformedAnswer, TaskSnapshot, quote_id
 
 _CREATE_PATH: Final = "/v1/videos/generations"
 # evolink's names -> ours. `cancelled` is not in evolink's documented enum, but opendance (and

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
+from opendance.faces.deps import runtime_of
 from opendance.faces.errors import ApiError, error_responses
 
 router = APIRouter(tags=["Files"])
@@ -26,7 +27,7 @@ router = APIRouter(tags=["Files"])
     },
 )
 def download_result(expires: int, signature: str, task_id: str, request: Request) -> FileResponse:
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     now = runtime.clock.now()
     if expires < now:
         raise ApiError(410, "file_expired", "This result URL has expired.")

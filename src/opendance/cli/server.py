@@ -1,74 +1,31 @@
-"""The `opendance` command: serve, keys, migrate, ledger."""
+"""The commands that run opendance itself: `serve`, `worker`, `migrate` and `config check`.
+
+They share the start-up checks: the settings and every route are checked, and the port bound,
+before anything is made, so a server that cannot start says why in one line and leaves nothing
+behind (not even a first key shown to nobody).
+"""
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
 
-from opendance.cli_client import register as register_client_commands
+from opendance.cli.common import ConfigOption, console, err_console, load_settings
 from opendance.settings import DEFAULT_MODEL, Settings
 
-
-def _plain_flags_in_help() -> None:
-    """typer 0.29 labels every flag `<bool>` in `--help`, which reads as if the flag took a
-    value (`--install-completion <bool>`); flags are shown bare, as click shows them."""
-    from typer.core import TyperOption
-
-    shown = TyperOption.display_type_rich
-
-    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
-        return None if self.is_flag else shown(self, ctx)
-
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
-
-
-_plain_flags_in_help()
-
-app = typer.Typer(
-    help="opendance: a self-hosted video generation API server.", no_args_is_help=True
-)
-keys_app = typer.Typer(
-    help="Create, list and revoke API keys; grant credits.", no_args_is_help=True
-)
-ledger_app = typer.Typer(help="Check the credit ledger.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(ledger_app, name="ledger")
-register_client_commands(app)
-console = Console()
-err_console = Console(stderr=True)
 config_app = typer.Typer(help="Check a configuration without starting.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML or JSON config file.", exists=True)
-]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    """The settings, or one line saying what is wrong with them (exit 2)."""
-    from pydantic import ValidationError
-
-    from opendance.engines.registry import describe_failure
-
-    if config is not None:
-        os.environ["OPENDANCE_CONFIG"] = str(config)
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except (ValidationError, ValueError, OSError) as exc:
-        err_console.print(
-            f"opendance: invalid configuration: {describe_failure(exc, prefix='')}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(2) from None
+def register(parent: typer.Typer) -> None:
+    """Add `serve`, `worker`, `migrate` and `config` to the `opendance` app."""
+    parent.command()(serve)
+    parent.command()(worker)
+    parent.command()(migrate)
+    parent.add_typer(config_app, name="config")
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -126,7 +83,25 @@ def _refuse_bad_routes(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
-@app.command()
+def _show_first_key(settings: Settings, token: str) -> None:
+    """The first key, once, and a request to try it with."""
+    console.print(
+        Panel.fit(
+            f"[bold]Your first API key[/bold] (shown once, keep it), "
+            f"{settings.first_key_credits} credits:\n\n  [green]{token}[/green]",
+            title="opendance",
+        )
+    )
+    # Plain lines (no panel, no wrapping) so the commands copy and paste as they are.
+    print(
+        f"\nTry it:\n\n  export OPENDANCE_KEY={token}\n"
+        f"  curl {settings.base_url}/v1/videos/generations \\\n"
+        f'    -H "Authorization: Bearer $OPENDANCE_KEY" \\\n'
+        f"    -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"model": "{DEFAULT_MODEL}", "prompt": "A cat playing piano"}}\'\n'
+    )
+
+
 def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
@@ -141,7 +116,7 @@ def serve(
 
     from opendance.app import build_runtime, create_app
 
-    settings = _settings(config, host=host, port=port, workers=0 if no_workers else workers)
+    settings = load_settings(config, host=host, port=port, workers=0 if no_workers else workers)
     _setup_logging(settings)
     _refuse_bad_routes(settings)
     sock = _bind(settings.host, settings.port)
@@ -152,21 +127,7 @@ def serve(
         created = runtime.accounts.create_key(
             credits=settings.first_key_credits, group="default", name="first key"
         )
-        console.print(
-            Panel.fit(
-                f"[bold]Your first API key[/bold] (shown once, keep it), "
-                f"{settings.first_key_credits} credits:\n\n  [green]{created.token}[/green]",
-                title="opendance",
-            )
-        )
-        # Plain lines (no panel, no wrapping) so the commands copy and paste as they are.
-        print(
-            f"\nTry it:\n\n  export OPENDANCE_KEY={created.token}\n"
-            f"  curl {settings.base_url}/v1/videos/generations \\\n"
-            f'    -H "Authorization: Bearer $OPENDANCE_KEY" \\\n'
-            f"    -H 'Content-Type: application/json' \\\n"
-            f'    -d \'{{"model": "{DEFAULT_MODEL}", "prompt": "A cat playing piano"}}\'\n'
-        )
+        _show_first_key(settings, created.token)
     console.print(
         f"opendance on [bold]{settings.base_url}[/bold]  (docs: {settings.base_url}/docs, "
         f"data: {settings.data_dir}, workers: {settings.workers})"
@@ -182,7 +143,6 @@ def serve(
     _run_draining(server_config, runtime, sock)
 
 
-@app.command()
 def worker(
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model names to serve (default: all routed).")
@@ -195,10 +155,10 @@ def worker(
     import signal
     import threading
 
-    from opendance.app import build_runtime
+    from opendance.app import DEFAULT_FACE, build_runtime, callback_bodies
     from opendance.dispatch.local import new_worker_id
 
-    settings = _settings(config)
+    settings = load_settings(config)
     _setup_logging(settings)
     _refuse_bad_routes(settings)
     runtime = build_runtime(settings)
@@ -213,7 +173,7 @@ def worker(
         f"opendance worker: models {', '.join(served)}, concurrency {concurrency}, "
         f"dispatch {settings.dispatch}"
     )
-    runtime.start_callbacks()
+    runtime.start_callbacks(callback_bodies(), DEFAULT_FACE)
     if settings.dispatch == "local":
         runtime.start_background(local_workers=concurrency, models=served)
         stop = threading.Event()
@@ -256,7 +216,7 @@ def worker(
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate the settings and every route (engine kind, options, model folders), offline."""
-    settings = _settings(config)
+    settings = load_settings(config)
     _refuse_bad_routes(settings)
     routes = ", ".join(
         f"{model} ({'+'.join(e.engine for e in route.engines)})"
@@ -265,104 +225,11 @@ def config_check(config: ConfigOption = None) -> None:
     console.print(f"configuration ok: {len(settings.routes)} route(s): {routes}", highlight=False)
 
 
-@app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Bring the database schema up to date."""
     from opendance.store.migrate import upgrade
 
-    settings = _settings(config)
+    settings = load_settings(config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     console.print(f"database at head: {settings.db_url}")
-
-
-def _accounts(config: Path | None) -> Any:
-    from opendance.store.db import Database
-    from opendance.store.migrate import upgrade
-    from opendance.tasks.accounts import Accounts
-
-    settings = _settings(config)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
-    return Accounts(Database(settings.db_url))
-
-
-@keys_app.command("create")
-def keys_create(
-    credits: Annotated[int, typer.Option(help="Initial credits.", min=0)] = 0,
-    group: Annotated[str, typer.Option(help="Price group.")] = "default",
-    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Create a key; its secret is printed once and stored only as a hash."""
-    created = _accounts(config).create_key(credits=credits, group=group, name=name)
-    console.print(f"[green]{created.token}[/green]")
-    console.print(
-        f"id {created.summary.id}, group {group}, {credits} credits. This is the only time the "
-        "key is shown.",
-        style="dim",
-    )
-
-
-@keys_app.command("list")
-def keys_list(config: ConfigOption = None) -> None:
-    """List keys (ids, groups, balances; never secrets)."""
-    table = Table("id", "name", "group", "balance", "ends with", "status")
-    for key in _accounts(config).list():
-        table.add_row(
-            key.id,
-            key.name or "",
-            key.group,
-            str(key.balance),
-            key.last4,
-            "[red]revoked[/red]" if key.revoked_at else "[green]active[/green]",
-        )
-    console.print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
-    """Revoke a key: it stops working at once."""
-    _accounts(config).revoke(key_id)
-    console.print(f"revoked {key_id}")
-
-
-@keys_app.command("grant")
-def keys_grant(
-    key_id: str,
-    credits: Annotated[int, typer.Argument(help="Credits to add (negative to take back).")],
-    config: ConfigOption = None,
-) -> None:
-    """Add credits to a key (written to the ledger)."""
-    balance = _accounts(config).grant(key_id, credits, note="granted from the CLI")
-    console.print(f"{key_id}: balance {balance}")
-
-
-@ledger_app.command("check")
-def ledger_check(config: ConfigOption = None) -> None:
-    """Check every key's balance against its ledger; exit 1 if any does not add up."""
-    from opendance.app import build_runtime
-
-    runtime = build_runtime(_settings(config))
-    table = Table("key", "balance", "granted", "reserved", "settled", "refunded", "open", "ok")
-    bad = 0
-    for key_id in runtime.service.key_ids():
-        audit = runtime.service.ledger_audit(key_id)
-        bad += not audit.balanced
-        table.add_row(
-            key_id,
-            *(str(v) for v in (audit.balance, audit.granted, audit.reserved, audit.settled)),
-            str(audit.refunded),
-            str(audit.open_reservations),
-            "[green]yes[/green]" if audit.balanced else "[red]NO[/red]",
-        )
-    console.print(table)
-    raise typer.Exit(1 if bad else 0)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
