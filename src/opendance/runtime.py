@@ -20,7 +20,7 @@ from opendance.dispatch.maintenance import Maintenance
 from opendance.dispatch.runner import TaskRunner
 from opendance.dispatch.worker_registry import WorkerRegistry
 from opendance.engines.catalog import ModelCatalog
-from opendance.engines.registry import EngineRouter
+from opendance.engines.routing import EngineRouter
 from opendance.media.safe_http import Resolver
 from opendance.media.storage import ResultStore, load_or_create_secret
 from opendance.media.uploads import sweep_uploads

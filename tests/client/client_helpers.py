@@ -19,7 +19,7 @@ from PIL import Image
 
 import conftest
 from opendance.engines.base import EngineContext, EngineResult, VideoJob
-from opendance.engines.registry import ENGINE_FACTORIES
+from opendance.engines.routing import ENGINE_FACTORIES
 from opendance.engines.sandbox import SandboxEngine
 from opendance.faces import account, events, playground, uploads
 from opendance.settings import DEFAULT_MODEL, Route, RouteEngine

@@ -19,7 +19,7 @@ from conftest import make_settings
 from opendance.clock import FrozenClock
 from opendance.runtime import Runtime, build_runtime
 from opendance.store.tables import Task
-from opendance.tasks.estimates import QueuedWork
+from opendance.tasks.queue_snapshot import QueuedWork
 from opendance.tasks.models import CreateTask, KeyInfo
 
 MODEL = "doubao-seedance-1.0-pro-fast"

@@ -75,7 +75,7 @@ def load_settings(config: Path | None, **overrides: Any) -> Settings:
     """The settings, or one line saying what is wrong with them (exit 2)."""
     from pydantic import ValidationError
 
-    from opendance.engines.registry import describe_failure
+    from opendance.engines.routing import describe_failure
     from opendance.settings import Settings
 
     if config is not None:

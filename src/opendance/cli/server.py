@@ -74,7 +74,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _refuse_bad_routes(settings: Settings) -> None:
     """Exit with one line per broken route, before anything starts."""
-    from opendance.engines.registry import check_routes
+    from opendance.engines.routing import check_routes
 
     problems = check_routes(settings)
     for problem in problems:

@@ -23,7 +23,7 @@ from opendance.engines.base import (
     VideoJob,
     VideoRequest,
 )
-from opendance.engines.registry import EngineRouter
+from opendance.engines.routing import EngineRouter
 from opendance.media.storage import ResultStore
 from opendance.media.uploads import UPLOAD_PREFIX, read_upload
 from opendance.observability.context import task_id as task_context

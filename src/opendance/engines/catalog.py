@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from opendance.engines.base import EngineError, EngineUnavailable, VideoRequest
-from opendance.engines.registry import EngineRouter
+from opendance.engines.routing import EngineRouter
 from opendance.media.sizes import IMAGE_ONLY_RATIOS, NAMED_RATIOS, QUALITIES
 from opendance.settings import Settings
 

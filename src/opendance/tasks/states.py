@@ -1,4 +1,9 @@
-"""The task state machine, written down once. Every status change goes through `check`."""
+"""The task state machine, written down once.
+
+The service does not consult this table at run time: each of its updates names the statuses it
+may start from in its `WHERE` (`sources_of` gives them for cancel; the lease fence for the rest),
+so the database enforces the table; `check` lets tests hold a transition against it.
+"""
 
 from __future__ import annotations
 

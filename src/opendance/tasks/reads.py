@@ -1,0 +1,136 @@
+"""Reading tasks: one task as its owner sees it, pages of a key's tasks, the view every face
+renders from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import Connection, bindparam, func, select
+
+from opendance.store.tables import Task
+from opendance.tasks.errors import (
+    TaskNotFound,
+)
+from opendance.tasks.estimates import TaskEstimates
+from opendance.tasks.models import (
+    TaskView,
+)
+from opendance.tasks.service_core import (
+    _TASK_ID,
+    _VIEW_COLUMNS,
+    TaskRow,
+)
+from opendance.tasks.states import Status
+
+_KEY_TASK = select(Task.__table__).where(
+    Task.id == bindparam("task_id"),
+    Task.api_key_id == bindparam("key_id"),
+    Task.deleted_at.is_(None),
+)
+
+
+class TaskReads(TaskEstimates):
+    def get_task(self, key_id: str, task_id: str) -> TaskView:
+        """A key's own task; another key's, or a deleted one, is as unknown as a missing one."""
+        if not _TASK_ID.fullmatch(task_id):
+            raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+        with self.db.connect() as connection:
+            row = connection.execute(_KEY_TASK, {"task_id": task_id, "key_id": key_id}).first()
+            if row is None:
+                raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+            return self._view(connection, row)
+
+    def get_task_unscoped(self, task_id: str) -> TaskView | None:
+        """For internal callers (workers, result downloads), never for a face's read.
+
+        Deleted tasks are returned too: workers and the callback sender still finish with them.
+        """
+        with self.db.read() as session:
+            row = session.get(Task, task_id)
+            return None if row is None else self._view(session.connection(), row)
+
+    def list_tasks(
+        self, key_id: str, *, limit: int = 20, after: str | None = None, newest_first: bool = True
+    ) -> tuple[list[TaskView], bool]:
+        """A page of a key's tasks (deleted ones left out) and whether more follow.
+
+        A deleted task still works as the `after` cursor: a client that deletes what it lists,
+        page by page, passes the last (now deleted) id of a page to get the next one.
+        """
+        with self.db.read() as session:
+            query = select(Task).where(Task.api_key_id == key_id, Task.deleted_at.is_(None))
+            if after is not None:
+                if not _TASK_ID.fullmatch(after):
+                    raise TaskNotFound(f"No task with id '{after}'.", param="after")
+                anchor = session.execute(
+                    select(Task.created_seq).where(Task.id == after, Task.api_key_id == key_id)
+                ).scalar_one_or_none()
+                if anchor is None:
+                    raise TaskNotFound(f"No task with id '{after}'.", param="after")
+                query = query.where(
+                    Task.created_seq < anchor if newest_first else Task.created_seq > anchor
+                )
+            order = Task.created_seq.desc() if newest_first else Task.created_seq.asc()
+            rows = session.execute(query.order_by(order).limit(limit + 1)).scalars().all()
+            views = [self._view(session.connection(), row) for row in rows[:limit]]
+            return views, len(rows) > limit
+
+    def _view(self, connection: Connection, row: TaskRow) -> TaskView:
+        return TaskView(
+            **{name: getattr(row, name) for name in _VIEW_COLUMNS},
+            status=Status(row.status),
+            estimated_time=self._estimated_time(connection, row),
+            result_file=row.result_file,
+            result_expires_at=row.result_expires_at,
+            error_code=row.error_code,
+            error_message=row.error_message,
+            usage=row.usage,
+        )
+
+    def page_tasks(
+        self,
+        key_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 20,
+        statuses: Collection[Status] | None = None,
+        task_ids: Collection[str] | None = None,
+        models: Collection[str] | None = None,
+    ) -> tuple[list[TaskView], int]:
+        """A page of a key's tasks, newest first, filtered; and how many match in all.
+
+        For faces with numbered pages and filters (Ark). `models` matches the requested model
+        name or the model that ran the task.
+        """
+        from sqlalchemy import or_
+
+        conditions = [Task.api_key_id == key_id, Task.deleted_at.is_(None)]
+        if statuses:
+            conditions.append(Task.status.in_([str(s) for s in statuses]))
+        if task_ids:
+            ids = [task_id for task_id in task_ids if _TASK_ID.fullmatch(task_id)]
+            if not ids:
+                return [], 0
+            conditions.append(Task.id.in_(ids))
+        if models:
+            names = [name for name in models if "\x00" not in name]
+            if not names:
+                return [], 0
+            conditions.append(or_(Task.requested_model.in_(names), Task.model.in_(names)))
+        with self.db.read() as session:
+            total = session.execute(
+                select(func.count()).select_from(Task).where(*conditions)
+            ).scalar_one()
+            rows = (
+                session.execute(
+                    select(Task)
+                    .where(*conditions)
+                    .order_by(Task.created_seq.desc())
+                    .offset(offset)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            return [self._view(session.connection(), row) for row in rows], int(total)
