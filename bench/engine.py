@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engines"))
+# The tiny random-weight models the tests build live in the test helpers (repository root).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROMPT = (
     "A golden retriever surfing a turquoise wave at sunset, cinematic slow motion, spray "
@@ -180,9 +181,9 @@ def keep_fp32(model: Any, dtype: Any) -> Any:
 
 
 def build_modules(device: Any, tiny: bool) -> dict[str, Any]:
-    import tiny_pipelines
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from tests.helpers import pipelines as tiny_pipelines
     from transformers import UMT5Config, UMT5EncoderModel
 
     transformer_config = dict(WAN21_T2V_1_3B)

@@ -20,7 +20,6 @@ from opendance.faces import (
     api_docs,
     ark,
     downloads,
-    events,
     health,
     openai,
     playground,
@@ -106,7 +105,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(metrics_face.router)
     app.include_router(seedance.router)
     app.include_router(webhooks.router)
-    app.include_router(events.router)
+    app.include_router(seedance.events_router)
     app.include_router(uploads.router)
     app.include_router(account.router)
     app.include_router(models_face.router)

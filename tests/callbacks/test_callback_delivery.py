@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import trustme
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from webhook_receiver import Receiver, Script, ca_bundle
 
-from conftest import LiveServer
+from tests.helpers.receivers import Receiver, Script, ca_bundle
+from tests.helpers.servers import LiveServer
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from client_helpers import noise_png, paced_routes, png_bytes, wire_client_faces
 
-from conftest import LiveServer
-from opendance.faces import events
+from opendance.faces.seedance import events
 from opendance.runtime import build_runtime
 from opendance.settings import DEFAULT_MODEL
 from opendance.tasks.models import Failed
+from tests.helpers.clients import noise_png, paced_routes, png_bytes, wire_client_faces
+from tests.helpers.servers import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
 

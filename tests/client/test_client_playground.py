@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_helpers import paced_routes, png_bytes, wire_client_faces
 
-from conftest import LiveServer
+from tests.helpers.clients import paced_routes, png_bytes, wire_client_faces
+from tests.helpers.servers import LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

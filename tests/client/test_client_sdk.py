@@ -13,9 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from client_helpers import StreamProxy, check_mp4, paced_routes, png_bytes, wire_client_faces
 
-from conftest import LiveServer
 from opendance.client import (
     APIConnectionError,
     APITimeoutError,
@@ -36,6 +34,8 @@ from opendance.client import (
 )
 from opendance.client._base import SSEDecoder, retry_after
 from opendance.client._errors import error_class
+from tests.helpers.clients import StreamProxy, check_mp4, paced_routes, png_bytes, wire_client_faces
+from tests.helpers.servers import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
 
@@ -349,7 +349,7 @@ def test_reads_are_retried_after_a_timeout() -> None:
 
 
 def test_an_unreachable_server() -> None:
-    from conftest import free_port
+    from tests.helpers.servers import free_port
 
     with Client("k", base_url=f"http://127.0.0.1:{free_port()}", max_retries=1) as sdk:
         sdk._sleep = lambda _s: None

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TEST_DATABASE_URL, fresh_database_url
-from server_process import ServerProcess
+from tests.helpers.processes import ServerProcess
+from tests.helpers.servers import TEST_DATABASE_URL, fresh_database_url
 
 pytestmark = [
     pytest.mark.slow,

@@ -10,17 +10,13 @@ import httpx
 import pytest
 import trustme
 
-from server_process import ServerProcess
+from tests.helpers.processes import ServerProcess
+from tests.helpers.receivers import Receiver, Script, ca_bundle
 
 pytestmark = pytest.mark.slow
 
 
 def test_callback_attempts_survive_sigkill(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "callbacks"))
-    from webhook_receiver import Receiver, Script, ca_bundle
-
     ca = trustme.CA()
     receiver = Receiver(ca, Script([(500, 0.0), (500, 0.0), (200, 0.0)]))
     server = ServerProcess(

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_process import ServerProcess
+from tests.helpers.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 from opendance.store.db import Database
 from opendance.tasks.accounts import Accounts
-from server_process import ServerProcess
+from tests.helpers.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from tests.helpers.servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,17 +22,10 @@ import pytest
 import trustme
 from sqlalchemy import MetaData, create_engine, select
 
-from server_process import ServerProcess
-
-_TESTS = Path(__file__).resolve().parents[1]
-for _folder in ("engines", "callbacks"):
-    if str(_TESTS / _folder) not in sys.path:
-        sys.path.insert(0, str(_TESTS / _folder))
-
-from fake_upstreams import FakeArk, Recorded, make_mp4  # noqa: E402
-from webhook_receiver import Receiver, Script, ca_bundle  # noqa: E402
-
-from opendance.media.video import probe_mp4  # noqa: E402
+from opendance.media.video import probe_mp4
+from tests.helpers.processes import ServerProcess
+from tests.helpers.receivers import Receiver, Script, ca_bundle
+from tests.helpers.upstreams import FakeArk, Recorded, make_mp4
 
 pytestmark = pytest.mark.slow
 

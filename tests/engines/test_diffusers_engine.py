@@ -1,7 +1,7 @@
 """The diffusers engine on tiny random-weight pipelines, loaded from a folder like real weights.
 
-Each tiny pipeline is built and saved once per session (tiny_pipelines.py); every engine then
-loads it with `from_pretrained(folder)`. Jobs are 9 frames at 128x128 with 3 steps.
+Each tiny pipeline is built and saved once per session (tests/helpers/pipelines.py); every
+engine then loads it with `from_pretrained(folder)`. Jobs are 9 frames at 128x128 with 3 steps.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-import tiny_pipelines
 from PIL import Image
 
 from opendance.engines.base import (
@@ -36,6 +35,7 @@ from opendance.engines.diffusers.loading import detect_family
 from opendance.engines.diffusers.ltx import LTX_RULES
 from opendance.engines.diffusers.wan import WAN21_RULES, WAN22_TI2V_RULES
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES
+from tests.helpers import pipelines
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -86,7 +86,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         with lock:
             if name not in built:
                 folder = tmp_path_factory.mktemp(name)
-                built[name] = tiny_pipelines.BUILDERS[name](folder)
+                built[name] = pipelines.BUILDERS[name](folder)
             return built[name]
 
     return get
@@ -97,7 +97,7 @@ def make_engine(tiny_model: Callable[[str], Path]) -> Iterator[Callable[..., Dif
     engines: list[DiffusersEngine] = []
 
     def make(name: str, **overrides: Any) -> DiffusersEngine:
-        options = tiny_pipelines.engine_options(name, tiny_model(name), **overrides)
+        options = pipelines.engine_options(name, tiny_model(name), **overrides)
         engine = DiffusersEngine(options)
         engine.start()
         engines.append(engine)
@@ -490,7 +490,7 @@ def test_image_to_video_model_requires_an_image(
 def test_warm_up_runs_at_start(tiny_model: Callable[[str], Path]) -> None:
     import torch
 
-    options = tiny_pipelines.engine_options(
+    options = pipelines.engine_options(
         "ltx", tiny_model("ltx"), warmup=[{"quality": "480p"}, {"image": True}]
     )
     engine = DiffusersEngine(options)

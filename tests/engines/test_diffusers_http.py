@@ -10,10 +10,10 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-import tiny_pipelines
 
-from conftest import LiveServer
 from opendance.settings import Route, RouteEngine
+from tests.helpers import pipelines
+from tests.helpers.servers import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
 MODEL = "open-wan"
@@ -21,7 +21,7 @@ MODEL = "open-wan"
 
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_pipelines.build_wan21(tmp_path_factory.mktemp("wan21") / "pipeline")
+    return pipelines.build_wan21(tmp_path_factory.mktemp("wan21") / "pipeline")
 
 
 def gpu_server(server_factory: ServerFactory, folder: Path, **options: Any) -> LiveServer:
@@ -29,7 +29,7 @@ def gpu_server(server_factory: ServerFactory, folder: Path, **options: Any) -> L
         engines=[
             RouteEngine(
                 engine="diffusers",
-                options=tiny_pipelines.engine_options("wan21", folder, **options),
+                options=pipelines.engine_options("wan21", folder, **options),
             )
         ]
     )

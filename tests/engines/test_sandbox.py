@@ -19,6 +19,7 @@ from opendance.engines.base import (
 )
 from opendance.engines.sandbox import SandboxEngine, from_options, wrap_text
 from opendance.media.video import iter_frames, probe_mp4, read_frame
+from tests.helpers.images import mean_abs_error
 
 # The contract's table (docs: seed-api.md, "Resolutions"), written out independently.
 CONTRACT_SIZES = {
@@ -105,10 +106,6 @@ def render(engine: SandboxEngine, job: VideoJob, work_dir: Path) -> EngineResult
 
 def all_frames(path: Path) -> np.ndarray:
     return np.stack(list(iter_frames(path)))
-
-
-def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
 def photo_like(width: int, height: int) -> Image.Image:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_upstreams import FakeArk, FakeEvolink, FakeUpstream, Scripted, make_mp4
 from PIL import Image
 
 from opendance.engines.base import (
@@ -29,6 +28,7 @@ from opendance.engines.base import (
 from opendance.engines.failover import FailoverEngine
 from opendance.engines.upstream.ark import ArkEngine, ArkOptions, defuse_text_commands, from_options
 from opendance.engines.upstream.evolink import EvolinkEngine, EvolinkOptions
+from tests.helpers.upstreams import FakeArk, FakeEvolink, FakeUpstream, Scripted, make_mp4
 
 ARK_KEY = "ark-secret-key-0123456789abcdef"
 EVOLINK_KEY = "sk-evolink-secret-fedcba9876543210"

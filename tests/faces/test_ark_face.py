@@ -25,21 +25,14 @@ from byteplussdkarkruntime._exceptions import (
     ArkNotFoundError,
     ArkPermissionDeniedError,
 )
-from face_helpers import (
-    ImageSite,
-    ark_client,
-    encoded,
-    mean_abs_error,
-    openai_client,
-    pattern,
-    wait_task,
-)
 
-from conftest import LiveServer
 from opendance.faces.ark import callback_body, parse_commands, parse_create, task_object
 from opendance.media.fetch import fit_image
 from opendance.settings import DEFAULT_MODEL, Settings
 from opendance.tasks.states import Status
+from tests.helpers.faces import ark_client, openai_client, pattern, wait_task
+from tests.helpers.images import ImageSite, encoded, mean_abs_error
+from tests.helpers.servers import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -146,14 +139,14 @@ def test_first_frame_image_url(server_factory: ServerFactory) -> None:
     server = server_factory(allow_loopback_for_tests=True)
     key = server.new_key()
     image = pattern(900, 500)
-    site = ImageSite(encoded(image))
+    site = ImageSite.with_image(encoded(image))
     try:
         tasks = ark_client(server, key).content_generation.tasks
         created = tasks.create(
             model=SEEDANCE,
             content=[
                 {"type": "text", "text": "drift --rs 480p --dur 2"},
-                {"type": "image_url", "image_url": {"url": site.url}, "role": "first_frame"},
+                {"type": "image_url", "image_url": {"url": site.url()}, "role": "first_frame"},
             ],
         )
         wait_task(server, key, created.id, DONE)

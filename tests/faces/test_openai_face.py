@@ -20,20 +20,9 @@ import numpy as np
 import openai
 import pytest
 import trustme
-from face_helpers import (
-    HookReceiver,
-    ImageSite,
-    ark_client,
-    decoded,
-    encoded,
-    mean_abs_error,
-    openai_client,
-    pattern,
-)
 from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
-from conftest import LiveServer
 from opendance.faces.openai import map_size, video_object, webhook_event
 from opendance.media.fetch import fit_image
 from opendance.media.previews import SPRITE_COLUMNS, SPRITE_TILE_WIDTH, sprite_indices
@@ -42,6 +31,10 @@ from opendance.media.video import iter_frames, probe_mp4
 from opendance.settings import DEFAULT_MODEL
 from opendance.tasks.models import TaskView
 from opendance.tasks.states import Status
+from tests.helpers.faces import ark_client, openai_client, pattern
+from tests.helpers.images import ImageSite, decoded, encoded, mean_abs_error
+from tests.helpers.receivers import Receiver
+from tests.helpers.servers import LiveServer
 
 ServerFactory = Callable[..., LiveServer]
 
@@ -161,7 +154,7 @@ def test_json_body_with_an_image_url_animates_that_image(server_factory: ServerF
     server = server_factory(allow_loopback_for_tests=True)
     key = server.new_key()
     image = pattern(700, 500)
-    site = ImageSite(encoded(image))
+    site = ImageSite.with_image(encoded(image))
     try:
         response = server.client.post(
             "/v1/videos",
@@ -170,7 +163,7 @@ def test_json_body_with_an_image_url_animates_that_image(server_factory: ServerF
                 "seconds": 2,
                 "size": "640x640",
                 "model": None,
-                "input_reference": {"image_url": site.url},
+                "input_reference": {"image_url": site.url()},
             },
             headers=server.auth(key),
         )
@@ -478,14 +471,14 @@ def test_webhook_event_form() -> None:
 
 
 @pytest.fixture
-def hook(tmp_path: Path) -> Iterator[HookReceiver]:
-    receiver = HookReceiver(trustme.CA())
+def hook(tmp_path: Path) -> Iterator[Receiver]:
+    receiver = Receiver(trustme.CA())
     yield receiver
     receiver.close()
 
 
 def test_webhook_is_an_openai_event_signed_standard_webhooks(
-    server_factory: ServerFactory, hook: HookReceiver, tmp_path: Path
+    server_factory: ServerFactory, hook: Receiver, tmp_path: Path
 ) -> None:
     server = server_factory(allow_loopback_for_tests=True, extra_ca_file=hook.ca_file(tmp_path))
     key = server.new_key()
@@ -493,7 +486,7 @@ def test_webhook_is_an_openai_event_signed_standard_webhooks(
     video = client.videos.create(
         prompt="tell me", size="864x480", extra_body={"callback_url": hook.url}
     )
-    (got,) = hook.wait(1)
+    (got,) = hook.wait_for(1)
     event = json.loads(got.body)
     assert event["type"] == "video.completed" and event["data"] == {"id": video.id}
     secret = server.client.get("/v1/webhook-secret", headers=server.auth(key)).json()["secret"]

@@ -19,13 +19,13 @@ import openai
 import pytest
 from alembic import command
 from byteplussdkarkruntime._exceptions import ArkNotFoundError
-from face_helpers import ark_client, openai_client, wait_task
 
-from conftest import LiveServer, make_settings
 from opendance.runtime import build_runtime
 from opendance.store.migrate import alembic_config
 from opendance.tasks.models import Completed, CreateTask
 from opendance.tasks.states import Status
+from tests.helpers.faces import ark_client, openai_client, wait_task
+from tests.helpers.servers import LiveServer, make_settings
 
 ServerFactory = Callable[..., LiveServer]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -7,9 +7,8 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-from face_helpers import ark_client, openai_client
-
-from conftest import LiveServer
+from tests.helpers.faces import ark_client, openai_client
+from tests.helpers.servers import LiveServer
 
 
 def _ledger(server: LiveServer, token: str, **params: Any) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import LiveServer, make_settings, start_server
+from tests.helpers.servers import LiveServer, make_settings, start_server
 
 pytestmark = pytest.mark.slow
 

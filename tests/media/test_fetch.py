@@ -1,20 +1,14 @@
 """Image downloads against a real loopback HTTP server: good images, hostile servers, bad files.
 
 `img.example.test` is mapped to 127.0.0.1 by an injected resolver (with loopback allowed, the
-test-only setting); an autouse guard fails any attempt to connect outside loopback.
+test-only setting); the loopback guard fails the test on any attempt to connect outside loopback.
 """
 
 from __future__ import annotations
 
-import io
 import socket
-import struct
-import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -22,7 +16,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from loopback_guard import only_loopback_connections  # noqa: F401 - autouse fixture
 from opendance.media.addresses import IPAddress
 from opendance.media.fetch import (
     FetchedImage,
@@ -31,15 +24,25 @@ from opendance.media.fetch import (
     fetch_image,
     fit_image,
 )
+from tests.helpers.images import (
+    ImageSite,
+    Route,
+    announce_then_stall,
+    drip_body,
+    drip_headers,
+    encoded,
+    endless,
+    png_header_only,
+    redirect,
+    serve_bytes,
+    silent,
+    status,
+)
 
 IMAGE_HOST = "img.example.test"
 ELEVEN_MB = 11 * 1024 * 1024
 
-
-def encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
+pytestmark = pytest.mark.usefixtures("only_loopback_connections")
 
 
 def gradient(width: int, height: int) -> Image.Image:
@@ -52,170 +55,10 @@ def truncated(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims huge dimensions in a few bytes: Pillow reads the size, never the pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-Route = Callable[[BaseHTTPRequestHandler, threading.Event], None]
-
-
-def serve_bytes(body: bytes, content_type: str = "application/octet-stream") -> Route:
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    return route
-
-
-def redirect(location: str) -> Route:
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.send_response(302)
-        handler.send_header("Location", location)
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-
-    return route
-
-
-def status(code: int) -> Route:
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.send_response(code)
-        handler.send_header("Content-Length", "9")
-        handler.end_headers()
-        handler.wfile.write(b"not found")
-
-    return route
-
-
-def announce_then_stall(length: int) -> Route:
-    """Headers announcing `length` bytes, a few bytes, then silence until the test ends."""
-
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(length))
-        handler.end_headers()
-        handler.wfile.write(b"\x89PNG")
-        handler.wfile.flush()
-        stopping.wait(15)
-
-    return route
-
-
-def endless(*, chunked: bool) -> Route:
-    """A body with no Content-Length (chunked, or delimited by closing) that never ends."""
-
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.close_connection = True
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/png")
-        if chunked:
-            handler.send_header("Transfer-Encoding", "chunked")
-        handler.end_headers()
-        block = b"\x00" * 65536
-        if chunked:
-            block = b"%x\r\n%s\r\n" % (len(block), block)
-        deadline = time.monotonic() + 15
-        while not stopping.is_set() and time.monotonic() < deadline:
-            handler.wfile.write(block)
-
-    return route
-
-
-def drip_body() -> Route:
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Length", "100000")
-        handler.end_headers()
-        for _ in range(75):
-            if stopping.wait(0.2):
-                return
-            handler.wfile.write(b"\x00")
-            handler.wfile.flush()
-
-    return route
-
-
-def drip_headers() -> Route:
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
-        for index in range(75):
-            if stopping.wait(0.2):
-                return
-            handler.wfile.write(b"X-Slow-%d: y\r\n" % index)
-            handler.wfile.flush()
-
-    return route
-
-
-def silent() -> Route:
-    def route(handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
-        stopping.wait(15)
-
-    return route
-
-
-class _ImageHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _ImageServer
-
-    def do_GET(self) -> None:
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(500, "no such route")
-            return
-        try:
-            route(self, self.server.stopping)
-        except OSError:
-            self.close_connection = True  # the client went away, as it should for hostile routes
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _ImageServer(ThreadingHTTPServer):
-    daemon_threads = True
-    routes: dict[str, Route]
-    stopping: threading.Event
-
-
-@dataclass
-class ImageSite:
-    port: int
-    routes: dict[str, Route]
-
-    def url(self, path: str, host: str = IMAGE_HOST) -> str:
-        return f"http://{host}:{self.port}{path}"
-
-
 @pytest.fixture
 def site() -> Iterator[ImageSite]:
-    server = _ImageServer(("127.0.0.1", 0), _ImageHandler)
-    server.routes = {}
-    server.stopping = threading.Event()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield ImageSite(port=server.server_address[1], routes=server.routes)
-    finally:
-        server.stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with ImageSite(host=IMAGE_HOST) as site:
+        yield site
 
 
 def resolver(host: str, port: int) -> list[IPAddress]:

@@ -1,7 +1,7 @@
 """The SSRF guard end to end: a real HTTPS server on 127.0.0.1 reached through injected resolvers.
 
 Names like `hooks.example.test` are mapped to loopback by resolvers the tests control; addresses
-that must be refused are refused before any connection, and an autouse guard fails the test if
+that must be refused are refused before any connection, and the loopback guard fails the test if
 anything tries to connect outside loopback anyway.
 """
 
@@ -24,7 +24,6 @@ import httpx
 import pytest
 import trustme
 
-from loopback_guard import only_loopback_connections  # noqa: F401 - autouse fixture
 from opendance.media import safe_http
 from opendance.media.addresses import IPAddress
 from opendance.media.safe_http import (
@@ -36,6 +35,8 @@ from opendance.media.safe_http import (
 )
 
 HOOK_HOST = "hooks.example.test"
+
+pytestmark = pytest.mark.usefixtures("only_loopback_connections")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from opendance.media.video import (
     read_frame,
     rgb_to_yuv420,
 )
+from tests.helpers.images import mean_abs_error
 
 WIDTH, HEIGHT = 320, 176
 
@@ -36,10 +37,6 @@ def smooth_frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.nda
 
 def frames(count: int) -> Iterator[np.ndarray]:
     return (smooth_frame(i) for i in range(count))
-
-
-def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
 def test_encode_mp4_writes_h264_with_the_exact_size_rate_and_frame_count(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ ENGINE_FACTORIES: dict[str, str] = {
     "diffusers": "opendance.engines.diffusers:from_options",
     "ark": "opendance.engines.upstream.ark:from_options",
     "evolink": "opendance.engines.upstream.evolink:from_options",
+    "openai_videos": "opendance.engines.upstream.openai_videos:from_options",
+    "lightx2v": "opendance.engines.upstream.lightx2v:from_options",
 }
 
 

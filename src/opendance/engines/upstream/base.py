@@ -19,11 +19,12 @@ download in `download`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -43,14 +44,12 @@ from opendance.engines.upstream.download import checked_video, download_video
 from opendance.engines.upstream.errors import (
     _MAX_MESSAGE,
     UPSTREAM_AMBIGUOUS,
-    UPSTREAM_AUTH_FAILED,
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_BAD_STATUS,
     UPSTREAM_CONTENT_REJECTED,
     UPSTREAM_FAILED,
     UPSTREAM_STATE_INVALID,
     UPSTREAM_TASK_LOST,
-    UPSTREAM_TIMEOUT,
     UPSTREAM_UNAVAILABLE,
     create_error,
     ended_error,
@@ -58,9 +57,9 @@ from opendance.engines.upstream.errors import (
     sanitize,
 )
 from opendance.engines.upstream.options import UpstreamOptions
+from opendance.engines.upstream.polling import poll_until_done
 from opendance.engines.upstream.wire import (
     CLIENT_REQUEST_ID_HEADER,
-    MalformedAnswer,
     TaskSnapshot,
     api_client,
     error_fields,
@@ -71,6 +70,8 @@ from opendance.engines.upstream.wire import (
 from opendance.media.sizes import FPS, NAMED_RATIOS, keep_ratio_size, nearest_named_ratio, size_for
 
 _WAIT_SLICE: Final = 0.2
+#: Extra fields every saved state of a job carries (e.g. the server that owns it).
+State = dict[str, Any]
 
 
 class UpstreamEngine(Engine):
@@ -166,8 +167,8 @@ class UpstreamEngine(Engine):
         )
 
     def generate(self, job: VideoJob, ctx: EngineContext) -> EngineResult:
-        with api_client(self.options) as api:
-            upstream_id, submitted_at = self._submit_or_resume(api, job, ctx)
+        with self.session(job, ctx) as (api, extra):
+            upstream_id, submitted_at = self._submit_or_resume(api, job, ctx, extra)
             try:
                 snapshot = self._poll(api, job, ctx, upstream_id, submitted_at)
             except TaskCancelled as stop:
@@ -186,12 +187,34 @@ class UpstreamEngine(Engine):
                     # We cannot tell what it is doing, and we are walking away from it.
                     self._cancel_upstream(api, ctx, upstream_id, "its status is unknown")
                 raise error
-        return self._fetch_result(ctx, snapshot, upstream_id)
+            return self._fetch_result(api, ctx, snapshot, upstream_id)
+
+    @contextlib.contextmanager
+    def session(self, job: VideoJob, ctx: EngineContext) -> Iterator[tuple[httpx.Client, State]]:
+        """The API client for this job and what its saved state must also hold (a pool of
+        servers records which server owns the job). One upstream: its client, nothing more."""
+        with api_client(self.options) as api:
+            yield api, {}
+
+    def send_create(
+        self, api: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> httpx.Response:
+        """POST the create; a JSON body unless the upstream wants another encoding."""
+        return api.post(path, json=body, headers=headers)
+
+    def content_path(self, upstream_id: str) -> str | None:
+        """Where the API itself serves the finished video (with our key), for upstreams that
+        hand back no URL; None: the snapshot's `video_url` is fetched instead."""
+        return None
+
+    def remove_request(self, upstream_id: str) -> tuple[str, str] | None:
+        """`(method, path)` that deletes the upstream's copy once ours is stored, if any."""
+        return None
 
     # -- submit ------------------------------------------------------------------------------------
 
     def _submit_or_resume(
-        self, api: httpx.Client, job: VideoJob, ctx: EngineContext
+        self, api: httpx.Client, job: VideoJob, ctx: EngineContext, extra: State
     ) -> tuple[str, float]:
         state = ctx.resume_state or {}
         phase = state.get("phase")
@@ -214,20 +237,22 @@ class UpstreamEngine(Engine):
             )
         if phase not in (None, "not_submitted"):
             raise EngineError(UPSTREAM_STATE_INVALID, "the saved upstream task record is invalid")
-        return self._create(api, job, ctx)
+        return self._create(api, job, ctx, extra)
 
-    def _create(self, api: httpx.Client, job: VideoJob, ctx: EngineContext) -> tuple[str, float]:
+    def _create(
+        self, api: httpx.Client, job: VideoJob, ctx: EngineContext, extra: State
+    ) -> tuple[str, float]:
         path, body = self.create_request(job)
         request_id = uuid.uuid4().hex
-        ctx.save_state({"phase": "submitting", "client_request_id": request_id})
+        ctx.save_state({**extra, "phase": "submitting", "client_request_id": request_id})
         rate_limited = 0
         while True:
             ctx.check_cancel()
             try:
-                response = api.post(path, json=body, headers={CLIENT_REQUEST_ID_HEADER: request_id})
+                response = self.send_create(api, path, body, {CLIENT_REQUEST_ID_HEADER: request_id})
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Nothing left this machine, so nothing can exist upstream.
-                self._not_submitted(ctx)
+                self._not_submitted(ctx, extra)
                 raise EngineError(
                     UPSTREAM_UNAVAILABLE,
                     f"could not connect to the upstream ({type(exc).__name__})",
@@ -255,6 +280,7 @@ class UpstreamEngine(Engine):
                 try:
                     ctx.save_state(
                         {
+                            **extra,
                             "phase": "submitted",
                             "upstream_id": upstream_id,
                             "client_request_id": request_id,
@@ -278,19 +304,21 @@ class UpstreamEngine(Engine):
                 )
                 self._wait(ctx, delay)
                 continue
-            raise self._create_failure(response, ctx)
+            raise self._create_failure(response, ctx, extra)
 
-    def _create_failure(self, response: httpx.Response, ctx: EngineContext) -> EngineError:
+    def _create_failure(
+        self, response: httpx.Response, ctx: EngineContext, extra: State
+    ) -> EngineError:
         status = response.status_code
         code, message = error_fields(json_body(response))
         detail = self._sanitize(message or "", ())
         if not is_ambiguous_status(status):
-            self._not_submitted(ctx)
+            self._not_submitted(ctx, extra)
         return create_error(status, code, detail, self.is_content_rejection)
 
-    def _not_submitted(self, ctx: EngineContext) -> None:
+    def _not_submitted(self, ctx: EngineContext, extra: State) -> None:
         """Record that nothing exists upstream, so a resumed attempt may create it."""
-        ctx.save_state({"phase": "not_submitted"})
+        ctx.save_state({**extra, "phase": "not_submitted"})
 
     # -- poll --------------------------------------------------------------------------------------
 
@@ -303,108 +331,13 @@ class UpstreamEngine(Engine):
         submitted_at: float,
     ) -> TaskSnapshot:
         """Query until the task leaves queued/running; returns that last answer."""
-        opts = self.options
-        path = self.task_path(upstream_id)
-        estimate = max(
-            1.0, opts.estimate_base_seconds + opts.estimate_seconds_per_video_second * job.duration
-        )
-        deadline = submitted_at + opts.max_wait_seconds
-        interval = opts.poll_initial_seconds
-        errors = malformed = not_found = 0
-        last_status: str | None = None
-        while True:
-            ctx.check_cancel()
-            if time.time() > deadline:
-                raise EngineError(
-                    UPSTREAM_TIMEOUT,
-                    f"the upstream did not finish within {opts.max_wait_seconds:.0f} s",
-                )
-            delay = interval
-            try:
-                response = api.get(path)
-            except httpx.TransportError as exc:
-                errors += 1
-                self._log.warning(
-                    "task %s: query of %s failed (%s)", ctx.task_id, upstream_id, type(exc).__name__
-                )
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        snapshot = self.parse_task(json_body(response))
-                    except MalformedAnswer as exc:
-                        malformed += 1
-                        self._log.warning(
-                            "task %s: malformed answer for %s: %s", ctx.task_id, upstream_id, exc
-                        )
-                        if malformed >= opts.max_malformed_responses:
-                            raise EngineError(
-                                UPSTREAM_BAD_RESPONSE,
-                                f"the upstream sent {malformed} malformed task answers in a row",
-                            ) from None
-                    else:
-                        errors = malformed = not_found = 0
-                        if snapshot.status != last_status:
-                            self._log.info(
-                                "task %s: upstream task %s is %s",
-                                ctx.task_id,
-                                upstream_id,
-                                self._sanitize(snapshot.status, (), limit=40),
-                            )
-                            last_status = snapshot.status
-                        if snapshot.status not in ("queued", "running"):
-                            return snapshot
-                        ctx.report_progress(self._progress(snapshot, submitted_at, estimate))
-                elif status == 429 or status == 408 or status >= 500:
-                    errors += 1
-                    if status == 429:
-                        after = retry_after_seconds(response)
-                        if after is not None:
-                            delay = max(delay, min(after, opts.max_retry_after_seconds))
-                    self._log.warning(
-                        "task %s: query of %s answered HTTP %d", ctx.task_id, upstream_id, status
-                    )
-                elif status == 404:
-                    not_found += 1
-                    if not_found >= opts.max_not_found:
-                        raise EngineError(
-                            UPSTREAM_TASK_LOST, "the upstream no longer knows this task (HTTP 404)"
-                        )
-                elif status in (401, 403):
-                    raise EngineError(
-                        UPSTREAM_AUTH_FAILED,
-                        f"the upstream refused our credentials (HTTP {status}) while polling",
-                    )
-                else:
-                    raise EngineError(
-                        UPSTREAM_BAD_RESPONSE,
-                        f"the upstream answered a task query with HTTP {status}",
-                    )
-            if errors >= opts.max_poll_errors:
-                raise EngineError(
-                    UPSTREAM_UNAVAILABLE,
-                    f"the upstream failed {errors} task queries in a row",
-                )
-            self._wait(ctx, min(delay, max(0.0, deadline - time.time()) + _WAIT_SLICE))
-            interval = min(interval * opts.poll_backoff, opts.poll_max_seconds)
+        return poll_until_done(self, api, job, ctx, upstream_id, submitted_at)
 
     def _ended_error(self, snapshot: TaskSnapshot, upstream_id: str) -> EngineError:
         def clean(text: str, limit: int) -> str:
             return self._sanitize(text, (upstream_id,), limit=limit)
 
         return ended_error(snapshot, self.failure_code, clean)
-
-    @staticmethod
-    def _progress(snapshot: TaskSnapshot, submitted_at: float, estimate: float) -> float:
-        """Queued ~0.05; running rises with the upstream's own figure or elapsed/estimate."""
-        if snapshot.status == "queued":
-            fraction = 0.05
-        elif snapshot.progress is not None:
-            fraction = 0.05 + 0.9 * min(1.0, max(0.0, snapshot.progress))
-        else:
-            elapsed = max(0.0, time.time() - submitted_at)
-            fraction = 0.1 + 0.85 * min(1.0, elapsed / estimate)
-        return min(0.95, fraction)
 
     def _cancel_upstream(
         self, api: httpx.Client, ctx: EngineContext, upstream_id: str, why: str
@@ -445,13 +378,22 @@ class UpstreamEngine(Engine):
     # -- download ----------------------------------------------------------------------------------
 
     def _fetch_result(
-        self, ctx: EngineContext, snapshot: TaskSnapshot, upstream_id: str
+        self, api: httpx.Client, ctx: EngineContext, snapshot: TaskSnapshot, upstream_id: str
     ) -> EngineResult:
-        url = snapshot.video_url
-        if not url or urlsplit(url).scheme not in ("http", "https"):
+        content = self.content_path(upstream_id)
+        url = content or snapshot.video_url
+        if not url or (content is None and urlsplit(url).scheme not in ("http", "https")):
             raise EngineError(UPSTREAM_BAD_RESPONSE, "the finished upstream task has no video URL")
         target = ctx.work_dir / "upstream.mp4"
-        download_video(ctx, url, target, self.options, wait=self._wait, log=self._log)
+        download_video(
+            ctx,
+            url,
+            target,
+            self.options,
+            wait=self._wait,
+            log=self._log,
+            api=api if content is not None else None,
+        )
         info = checked_video(target)
         self._log.info(
             "task %s: upstream task %s done: %dx%d, %d frames",
@@ -461,6 +403,7 @@ class UpstreamEngine(Engine):
             info.height,
             info.frames,
         )
+        self._remove_upstream_copy(api, ctx, upstream_id)
         return EngineResult(
             path=target,
             width=info.width,
@@ -470,6 +413,22 @@ class UpstreamEngine(Engine):
             model=self.model_name,
             usage=self.usage(snapshot),
         )
+
+    def _remove_upstream_copy(
+        self, api: httpx.Client, ctx: EngineContext, upstream_id: str
+    ) -> None:
+        request = self.remove_request(upstream_id)
+        if request is None:
+            return
+        try:
+            api.request(*request)
+        except httpx.TransportError as exc:
+            self._log.info(
+                "task %s: the upstream copy of %s stays (%s)",
+                ctx.task_id,
+                upstream_id,
+                type(exc).__name__,
+            )
 
     # -- plumbing ----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ place only when complete, and the result must decode as a video with at least on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -41,11 +42,14 @@ def download_video(
     *,
     wait: Callable[[EngineContext, float], None],
     log: logging.Logger,
+    api: httpx.Client | None = None,
 ) -> None:
     """Stream the video into `target` (atomically), within the size cap, with a few retries.
 
-    A separate client without our Authorization header (the video host is not the API),
-    through the SSRF guard: the URL comes from the upstream, not from our configuration.
+    A URL the upstream handed back goes through a separate client without our Authorization
+    header (the video host is not the API), through the SSRF guard: the URL is not from our
+    configuration. With `api`, `url` is a path of the configured API itself (an inference
+    server that serves `/content`), fetched with the API's own client.
     `wait(ctx, seconds)` sleeps between attempts (and sees a cancel).
     """
     host = urlsplit(url).hostname or "?"
@@ -54,16 +58,16 @@ def download_video(
     )
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     last_problem = "no attempt"
-    client = make_safe_client(
+    client = api or make_safe_client(
         timeout=timeout,
         allow_loopback=options.video_url_allow_loopback,
         follow_redirects=True,
     )
-    with client:
+    with contextlib.nullcontext(client) if api is not None else client:
         for attempt in range(1, options.download_attempts + 1):
             ctx.check_cancel()
             try:
-                with client.stream("GET", url) as response:
+                with client.stream("GET", url, timeout=timeout) as response:
                     status = response.status_code
                     if status != 200:
                         last_problem = f"HTTP {status}"

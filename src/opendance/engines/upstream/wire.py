@@ -77,9 +77,12 @@ def json_body(response: httpx.Response) -> Any:
 
 
 def error_fields(body: Any) -> tuple[str | None, str | None]:
-    """`(code, message)` from an error body; both Ark and evolink wrap them in `error`."""
+    """`(code, message)` from an error body: Ark, evolink and the OpenAI-style servers wrap them
+    in `error`; FastAPI servers (SGLang, LightX2V) answer `{"detail": "..."}`."""
     if not isinstance(body, dict):
         return None, None
+    if isinstance(body.get("detail"), str) and "error" not in body:
+        return None, body["detail"]
     inner = body.get("error", body)
     if not isinstance(inner, dict):
         return None, inner if isinstance(inner, str) else None
@@ -115,12 +118,9 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def png_data_url(image: Image, max_bytes: int) -> str:
-    """The image as a `data:` URL: PNG, or JPEG when the PNG would be larger than `max_bytes`.
-
-    Sending the bytes we already fetched and checked means the upstream never reaches out to
-    a URL of the client's choosing.
-    """
+def png_bytes(image: Image, max_bytes: int) -> tuple[bytes, str]:
+    """The image encoded for an upstream: PNG, or JPEG when the PNG would pass `max_bytes`;
+    `(bytes, mime type)`."""
     picture = image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
@@ -134,7 +134,17 @@ def png_data_url(image: Image, max_bytes: int) -> str:
             UPSTREAM_IMAGE_TOO_LARGE,
             f"the input image is larger than the upstream accepts ({max_bytes} bytes)",
         )
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+    return buffer.getvalue(), mime
+
+
+def png_data_url(image: Image, max_bytes: int) -> str:
+    """The image as a `data:` URL: PNG, or JPEG when the PNG would be larger than `max_bytes`.
+
+    Sending the bytes we already fetched and checked means the upstream never reaches out to
+    a URL of the client's choosing.
+    """
+    data, mime = png_bytes(image, max_bytes)
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def quote_id(upstream_id: str) -> str:
