@@ -2,6 +2,9 @@
 
     PYTHONPATH=src python bench/engine.py --steps 8 --out OUTDIR
     PYTHONPATH=src python bench/engine.py --full 50 --variants compile,cache,fp8 --out OUTDIR
+    PYTHONPATH=src python bench/engine.py --variants compile --fast-tier --lora --out OUTDIR
+    PYTHONPATH=src python bench/engine.py --tiny --width 128 --height 64 --frames 9 \
+        --variants engine --fast-tier --fast-base engine --lora --out OUTDIR   # CPU smoke test
 
 Architecture: Wan2.1-T2V-1.3B at its real full size, with random weights (no download needed:
 the compute is the same). Transformer: WanTransformer3DModel, 30 layers, 12 heads x 128, FFN
@@ -23,6 +26,17 @@ unless `--full` runs it for real.
 Accuracy: one transformer forward on fixed random inputs, compared with a float32 copy of the
 same transformer (relative L2 error); a setting is lossless when its error matches the plain
 bf16 pipeline's.
+
+`--fast-tier` adds the fast tier after the variants: the engine with the settings of
+`--fast-base` (default `compile`, the lossless best) and `num_inference_steps=4`,
+`guidance_scale=1.0` (one transformer pass a step, no negative prompt), each timed request to
+MP4 for real (`--fast-runs` requests, a new prompt each, median reported), once per VAE dtype
+in `--fast-vae`. With `--lora`, a random rank-`--lora-rank` LoRA made with peft
+(`pip install peft`) on the transformer's attention projections (to_q, to_k, to_v, to_out.0)
+is fused into the weights and its layers unloaded first, as a step-distill LoRA is served: a
+fused LoRA costs no FLOPs. `--fast-tier` also times writing the plain pipeline's frames to MP4
+(`diffusers.utils.encode_video`), so the plain row is request to MP4 too, and prints a tier
+table: plain, engine lossless, fast tier.
 """
 
 from __future__ import annotations
@@ -31,7 +45,9 @@ import argparse
 import contextlib
 import copy
 import gc
+import importlib.util
 import json
+import logging
 import platform
 import statistics
 import subprocess
@@ -111,7 +127,10 @@ LABELS = {
     "compile": "+ regional torch.compile (lossless best)",
     "cache": "compile + first-block cache 0.2 (lossy)",
     "fp8": "compile + FP8 weights/activations (torchao)",
+    "fast": "fast tier: 4 steps, guidance 1",
 }
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+FAST_STEPS = 4
 
 
 DEVICE = "cuda"
@@ -265,7 +284,20 @@ def run_plain(pipe: Any, steps: int, args: argparse.Namespace) -> dict[str, Any]
     result = step_stats(times, started, ended)
     result["peak_gib"] = peak_gib()
     result["frames_shape"] = list(frames.shape)
+    if getattr(args, "fast_tier", False):
+        result["mp4_s"] = plain_mp4_seconds(frames)
     return result
+
+
+def plain_mp4_seconds(frames: Any) -> float:
+    """Seconds to write the plain pipeline's frames (numpy, [0, 1]) as H.264 MP4 the way
+    diffusers does it (`diffusers.utils.encode_video`, PyAV)."""
+    from diffusers.utils import encode_video
+
+    with tempfile.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        encode_video(frames[0], fps=16, output_path=str(Path(work) / "plain.mp4"))
+        return time.perf_counter() - started
 
 
 def run_engine(
@@ -273,7 +305,6 @@ def run_engine(
 ) -> tuple[Any, dict[str, Any]]:
     from diffusers import WanPipeline
 
-    from opendance.engines.base import VideoJob
     from opendance.engines.diffusers import DiffusersEngine
 
     pipe = WanPipeline(**modules)
@@ -294,9 +325,19 @@ def run_engine(
     started = time.perf_counter()
     engine.start()
     start_s = time.perf_counter() - started
+    stats = generate_once(engine, args, PROMPT)
+    stats["start_s"] = start_s
+    stats["applied"] = dict(engine.applied)
+    return engine, stats
+
+
+def generate_once(engine: Any, args: argparse.Namespace, prompt: str) -> dict[str, Any]:
+    """One request through `engine.generate` (text encoding to MP4 written), timed."""
+    from opendance.engines.base import VideoJob
+
     job = VideoJob(
         task_id="bench",
-        prompt=PROMPT,
+        prompt=prompt,
         width=args.width,
         height=args.height,
         fps=16,
@@ -313,12 +354,117 @@ def run_engine(
         started = time.perf_counter()
         result = engine.generate(job, ctx)
         ended = time.perf_counter()
+        mp4_bytes = result.path.stat().st_size
     stats = step_stats(ctx.times, started, ended)
     stats["peak_gib"] = peak_gib()
-    stats["start_s"] = start_s
-    stats["applied"] = dict(engine.applied)
-    stats["result"] = {"width": result.width, "height": result.height, "frames": result.frames}
-    return engine, stats
+    stats["result"] = {
+        "width": result.width,
+        "height": result.height,
+        "frames": result.frames,
+        "mp4_bytes": mp4_bytes,
+    }
+    return stats
+
+
+def fuse_random_lora(transformer: Any, rank: int) -> dict[str, Any]:
+    """A random LoRA (peft) on the attention projections, fused into the weights and its
+    adapter layers unloaded, as a step-distill LoRA is served; what was done."""
+    import torch
+
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:
+        raise RuntimeError(f"--lora needs peft (pip install peft): {exc}") from exc
+
+    before = {
+        name: param.detach().float().norm().item()
+        for name, param in transformer.named_parameters()
+        if name.endswith("attn1.to_q.weight")
+    }
+    torch.manual_seed(2)
+    started = time.perf_counter()
+    transformer.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=False),
+        adapter_name="fast_tier",
+    )
+    adapted = sum(1 for name, _ in transformer.named_modules() if name.endswith("lora_A"))
+    # peft's non-identity init (A and B random), B scaled by 0.01 to keep the delta small.
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.01)
+    transformer.fuse_lora(lora_scale=1.0)
+    transformer.unload_lora()
+    seconds = time.perf_counter() - started
+    left = sum(1 for name, _ in transformer.named_modules() if "lora" in name)
+    after = {
+        name: param.detach().float().norm().item()
+        for name, param in transformer.named_parameters()
+        if name in before
+    }
+    changed = sum(1 for name in before if abs(after[name] - before[name]) > 0)
+    if left or not adapted or not changed:
+        raise RuntimeError(f"LoRA not fused: {adapted} adapted, {left} left, {changed} changed")
+    return {
+        "rank": rank,
+        "targets": LORA_TARGETS,
+        "adapted_linears": adapted,
+        "lora_modules_left": left,
+        "attn1_to_q_weights_changed": f"{changed}/{len(before)}",
+        "fuse_s": seconds,
+    }
+
+
+def run_fast_tier(
+    modules: dict[str, Any],
+    args: argparse.Namespace,
+    inputs: dict[str, Any],
+    reference: Any,
+) -> list[dict[str, Any]]:
+    """The fast tier: 4 steps, guidance 1 (and the fused LoRA, applied before), once per VAE
+    dtype; each row the median of `--fast-runs` real requests."""
+    import torch
+
+    rows = []
+    for vae_dtype in [v for v in args.fast_vae.split(",") if v]:
+        options = {
+            **VARIANTS[args.fast_base],
+            "num_inference_steps": FAST_STEPS,
+            "guidance_scale": 1.0,
+            "vae_dtype": vae_dtype,
+        }
+        label = f"{LABELS['fast']}{', LoRA fused' if args.lora else ''}, VAE {vae_dtype}"
+        row: dict[str, Any] = {"name": "fast", "label": label, "options": options}
+        transformer = modules["transformer"]
+        if getattr(transformer, "is_cache_enabled", False):
+            transformer.disable_cache()
+        fast_modules = dict(modules)
+        if vae_dtype != "float32":
+            fast_modules["vae"] = copy.deepcopy(modules["vae"]).to(getattr(torch, vae_dtype))
+        try:
+            engine, first = run_engine(fast_modules, options, FAST_STEPS, args)
+            runs = [first]
+            for index in range(1, args.fast_runs):
+                runs.append(generate_once(engine, args, f"{PROMPT}, take {index + 1}"))
+            median = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+            row.update(median)
+            row["start_s"] = first["start_s"]
+            row["applied"] = first["applied"]
+            row["video_steps"] = FAST_STEPS
+            row["walls_s"] = [r["wall_s"] for r in runs]
+            row["peak_gib"] = max(r["peak_gib"] for r in runs)
+            if not args.lora and options.get("cache", "none") == "none":
+                row["forward_rel_err"] = forward_error(transformer, inputs, reference)
+            engine.close()
+        except Exception as exc:
+            logging.exception("fast tier (VAE %s) failed", vae_dtype)
+            row["error"] = repr(exc)[:300]
+        del fast_modules
+        gc.collect()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
 
 
 def forward_error(transformer: Any, inputs: dict[str, Any], reference: Any) -> float:
@@ -474,10 +620,16 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        label = row.get("label") or LABELS.get(row["name"], row["name"])
         if "error" in row:
-            lines.append(f"| {LABELS.get(row['name'], row['name'])} | failed: {row['error']} |")
+            lines.append(f"| {label} | failed: {row['error']} |")
             continue
-        video = row["before_steps_s"] + steps * row["s_per_step"] + row["after_steps_s"]
+        if "video_steps" in row:
+            # The fast tier runs its few steps for real: its s/video is the request's wall time.
+            video = row["wall_s"]
+            label += f" ({row['video_steps']} steps, real)"
+        else:
+            video = row["before_steps_s"] + steps * row["s_per_step"] + row["after_steps_s"]
         row["s_per_video"] = video
         speedup = ""
         if plain is not None and "s_per_step" in plain:
@@ -485,7 +637,7 @@ def markdown(report: dict[str, Any]) -> str:
             speedup = f"{base / video:.2f}x"
         err = row.get("forward_rel_err")
         lines.append(
-            f"| {LABELS.get(row['name'], row['name'])} | {row['s_per_step']:.3f} | "
+            f"| {label} | {row['s_per_step']:.3f} | "
             f"{row['before_steps_s']:.2f} | {row['after_steps_s']:.2f} | {video:.1f} | {speedup} | "
             f"{row['peak_gib']:.1f} | {'' if err is None else f'{err:.2e}'} | "
             f"{row.get('start_s', 0):.0f} |"
@@ -497,6 +649,18 @@ def markdown(report: dict[str, Any]) -> str:
             f"{full['wall_s']:.1f} s wall, {full['s_per_step']:.3f} s/step, "
             f"peak {full['peak_gib']:.1f} GiB"
         )
+    if report.get("lora"):
+        lora = report["lora"]
+        lines += [
+            "",
+            f"LoRA: random rank {lora['rank']} on {', '.join(lora['targets'])} "
+            f"({lora['adapted_linears']} Linears), fused and unloaded in {lora['fuse_s']:.1f} s; "
+            f"{lora['lora_modules_left']} LoRA modules left.",
+        ]
+    if report.get("lora_error"):
+        lines += ["", f"LoRA: fusing failed ({report['lora_error']}); fast tier run without it."]
+    if report.get("tiers"):
+        lines += ["", *tier_table(report)]
     if report.get("vae"):
         lines += ["", "| VAE (81 frames 832x480) | seconds | extra peak GiB |", "|---|---|---|"]
         for row in report["vae"]:
@@ -529,6 +693,98 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tier_table(report: dict[str, Any]) -> list[str]:
+    """Plain, engine lossless and fast tier, each request to MP4 written, with peak memory."""
+    lines = [
+        "| tier | steps x passes | request to MP4 (s) | how | peak GiB | vs plain | "
+        "transformer TFLOP/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = None
+    for tier in report["tiers"]:
+        if "seconds" not in tier:
+            lines.append(f"| {tier['tier']} | | not measured: {tier.get('why', '')} | | | | |")
+            continue
+        base = tier["seconds"] if base is None and tier["key"] == "plain" else base
+        speedup = f"{base / tier['seconds']:.2f}x" if base else ""
+        lines.append(
+            f"| {tier['tier']} | {tier['steps']} x {tier['passes']} | {tier['seconds']:.2f} | "
+            f"{tier['how']} | {tier['peak_gib']:.1f} | {speedup} | {tier['tflops']:.3g} |"
+        )
+    return lines
+
+
+def tiers(report: dict[str, Any], args: argparse.Namespace, transformer: Any) -> list[dict]:
+    """The tier table's rows from the measured rows: real runs where there are, else the
+    extrapolation; the plain pipeline's MP4 write added to its time."""
+    from opendance.engines.diffusers.family import PlannedShape
+    from opendance.engines.diffusers.wan import Wan21Adapter
+
+    steps = report["extrapolate_steps"]
+    shape = PlannedShape(args.width, args.height, 16, args.frames)
+    adapter = Wan21Adapter()
+    rows = {row["name"]: row for row in report["rows"] if "error" not in row}
+    full = {row["name"]: row for row in report.get("full", [])}
+    lossless = args.full_variant if args.full_variant in rows else None
+    if lossless is None:
+        lossless = next((n for n in rows if n not in ("plain", "fast", "cache", "fp8")), None)
+    out: list[dict[str, Any]] = []
+    for key, label, cfg in [
+        ("plain", "plain diffusers, guidance 5", True),
+        (lossless, f"engine lossless ({lossless}), guidance 5", True),
+    ]:
+        row = rows.get(key) if key else None
+        if row is None:
+            out.append({"key": key, "tier": label, "why": "no row"})
+            continue
+        if key in full:
+            seconds, how, per_step = full[key]["wall_s"], f"real, {full[key]['steps']} steps", None
+            per_step = full[key]["s_per_step"]
+            n = full[key]["steps"]
+        else:
+            n = steps
+            per_step = row["s_per_step"]
+            seconds = row["before_steps_s"] + n * per_step + row["after_steps_s"]
+            how = f"extrapolated to {n} steps from {row['steps']}"
+        if key == "plain":
+            seconds += row.get("mp4_s", 0.0)
+            how += f" + MP4 write {row.get('mp4_s', 0.0):.2f} s (encode_video)"
+        flops = adapter.flops_per_step(transformer.config, shape, cfg)
+        out.append(
+            {
+                "key": key,
+                "tier": label,
+                "steps": n,
+                "passes": 2,
+                "seconds": seconds,
+                "how": how,
+                "peak_gib": max(row["peak_gib"], full.get(key, {}).get("peak_gib", 0.0)),
+                "tflops": flops / per_step / 1e12,
+            }
+        )
+    for row in report["rows"]:
+        if row["name"] != "fast":
+            continue
+        if "error" in row:
+            out.append({"key": "fast", "tier": row["label"], "why": row["error"]})
+            continue
+        flops = adapter.flops_per_step(transformer.config, shape, False)
+        walls = ", ".join(f"{w:.2f}" for w in row["walls_s"])
+        out.append(
+            {
+                "key": "fast",
+                "tier": row["label"],
+                "steps": row["video_steps"],
+                "passes": 1,
+                "seconds": row["wall_s"],
+                "how": f"real, median of {len(row['walls_s'])} requests ({walls})",
+                "peak_gib": row["peak_gib"],
+                "tflops": flops / row["s_per_step"] / 1e12,
+            }
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
@@ -549,9 +805,34 @@ def main() -> None:
     parser.add_argument("--full-variant", default="compile")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (smoke test)")
+    parser.add_argument(
+        "--fast-tier",
+        action="store_true",
+        help=f"also run the fast tier: {FAST_STEPS} steps, guidance 1, real request to MP4",
+    )
+    parser.add_argument(
+        "--fast-base",
+        default="compile",
+        choices=sorted(VARIANTS),
+        help="the variant whose speed settings the fast tier uses",
+    )
+    parser.add_argument(
+        "--fast-vae",
+        default="float32",
+        help="comma-separated VAE dtypes to run the fast tier with (float32, bfloat16)",
+    )
+    parser.add_argument("--fast-runs", type=int, default=3, help="fast-tier requests timed")
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="fuse a random peft LoRA into the transformer before the fast tier (needs peft)",
+    )
+    parser.add_argument("--lora-rank", type=int, default=32)
     args = parser.parse_args()
-
-    import logging
+    if args.lora and not args.fast_tier:
+        parser.error("--lora applies to the fast tier: add --fast-tier")
+    if args.lora and importlib.util.find_spec("peft") is None:
+        parser.error("--lora needs peft: pip install peft")
 
     import torch
 
@@ -656,6 +937,24 @@ def main() -> None:
             print(json.dumps(report["full"][-1], default=str), flush=True)
     if engine is not None and "cancel" not in report:
         report["cancel"] = cancel_check(engine, args)
+        save()
+
+    if args.fast_tier:
+        if args.lora:
+            try:
+                report["lora"] = fuse_random_lora(transformer, args.lora_rank)
+            except Exception as exc:
+                # The fast tier still runs, without the LoRA (its FLOPs are the same).
+                logging.exception("LoRA fusing failed")
+                report["lora_error"] = repr(exc)[:300]
+                args.lora = False
+            save()
+            print(json.dumps(report.get("lora") or report["lora_error"]), flush=True)
+        for row in run_fast_tier(modules, args, inputs, reference):
+            report["rows"].append(row)
+            save()
+            print(json.dumps(row, default=str), flush=True)
+        report["tiers"] = tiers(report, args, transformer)
         save()
 
     if args.vae:

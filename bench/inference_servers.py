@@ -9,7 +9,10 @@ vLLM-Omni servers (tests/helpers/video_servers.py, separate processes on loopbac
 on this one machine:
 
 - dispatch: the fake's create minus the moment our `POST /v1/videos/generations` returned
-  (record, claim, choose a server, build and send the create);
+  (record, claim, choose a server, build and send the create); in the queued run this is
+  mostly waiting for a free server, so there the figure that counts is the next one;
+- server idle between jobs: per server, from a job's `completed` to the next create it gets
+  (poll, download, delete, release, claim, create): what the control plane costs a busy GPU;
 - completion: the task's `finished_at` minus the fake's `completed` (a poll, the download into
   our storage, the checks, the terminal commit);
 - throughput, four servers: tasks per minute against what the servers could do flat out (the
@@ -76,6 +79,21 @@ def start_fake(folder: Path, index: int, step_seconds: float) -> tuple[str, Path
     raise RuntimeError("fake did not start")
 
 
+def idle_gaps(logs: list[Path]) -> list[float]:
+    """Per server: from a job's `complete` to the next create it is sent (queued work waiting)."""
+    gaps: list[float] = []
+    for log in logs:
+        finished: float | None = None
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "complete":
+                finished = event["at"]
+            elif event["event"] == "create" and finished is not None:
+                gaps.append(event["at"] - finished)
+                finished = None
+    return gaps
+
+
 def events(logs: list[Path]) -> dict[tuple[str, str], float]:
     """(event, job id) -> when, over every fake's log."""
     found: dict[tuple[str, str], float] = {}
@@ -86,7 +104,9 @@ def events(logs: list[Path]) -> dict[tuple[str, str], float]:
     return found
 
 
-def serve(folder: Path, urls: list[str], workers: int) -> tuple[str, Runtime, uvicorn.Server]:
+def serve(
+    folder: Path, urls: list[str], workers: int
+) -> tuple[str, Runtime, uvicorn.Server, threading.Thread]:
     options = {"base_urls": urls, "flavor": "vllm_omni", "sizes": ["832x480"]}
     settings = Settings(
         data_dir=folder / "data",
@@ -105,17 +125,18 @@ def serve(folder: Path, urls: list[str], workers: int) -> tuple[str, Runtime, uv
             create_app(settings, runtime=runtime), port=settings.port, log_level="warning"
         )
     )
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     while not server.started:
         time.sleep(0.02)
-    return settings.base_url, runtime, server
+    return settings.base_url, runtime, server, thread
 
 
 def run(count: int, servers: int, workers: int, step_seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="opendance-bench-") as tmp:
         folder = Path(tmp)
         fakes = [start_fake(folder, i, step_seconds) for i in range(servers)]
-        base_url, runtime, server = serve(folder, [url for url, _, _ in fakes], workers)
+        base_url, runtime, server, thread = serve(folder, [url for url, _, _ in fakes], workers)
         token = runtime.accounts.create_key(credits=10**9).token
         headers = {"Authorization": f"Bearer {token}"}
         body = {"model": DEFAULT_MODEL, "prompt": "a boat", "duration": 2, "quality": "480p"}
@@ -143,6 +164,7 @@ def run(count: int, servers: int, workers: int, step_seconds: float) -> dict[str
                     wait(task_id)
         wall = time.time() - began
         seen = events([log for _, log, _ in fakes])
+        gaps = idle_gaps([log for _, log, _ in fakes])
         dispatch, completion, busy = [], [], 0.0
         for task_id in ids:
             view = runtime.service.get_task_unscoped(task_id)
@@ -151,8 +173,8 @@ def run(count: int, servers: int, workers: int, step_seconds: float) -> dict[str
             dispatch.append(seen[("create", job)] - returned[task_id])
             completion.append(view.finished_at - seen[("complete", job)])
             busy += seen[("complete", job)] - seen[("start", job)]
-        server.should_exit = True
-        runtime.close()
+        server.should_exit = True  # the app's shutdown closes the runtime
+        thread.join(timeout=60)
         for _, _, proc in fakes:
             proc.kill()
         return {
@@ -162,6 +184,8 @@ def run(count: int, servers: int, workers: int, step_seconds: float) -> dict[str
             "dispatch_p99_ms": 1000 * percentile(dispatch, 99),
             "completion_p50_ms": 1000 * percentile(completion, 50),
             "completion_p99_ms": 1000 * percentile(completion, 99),
+            "idle_gap_p50_ms": 1000 * percentile(gaps, 50) if gaps else 0.0,
+            "idle_gap_p99_ms": 1000 * percentile(gaps, 99) if gaps else 0.0,
             "tasks_per_minute": 60 * count / wall,
             "server_utilisation": busy / (servers * wall),
         }
@@ -190,14 +214,15 @@ def main() -> None:
         run(args.sequential, servers=1, workers=1, step_seconds=args.step_seconds),
         run(args.queued, servers=4, workers=8, step_seconds=args.step_seconds),
     ]
-    print("| scenario | tasks | dispatch p50 / p99 ms | completion p50 / p99 ms | tasks/min "
-          "| server utilisation |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| scenario | tasks | dispatch p50 / p99 ms | completion p50 / p99 ms "
+          "| server idle between jobs p50 / p99 ms | tasks/min | server utilisation |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row, name in zip(rows, ("sequential, 1 server", "queued, 4 servers"), strict=True):
         print(
             f"| {name} | {row['tasks']} | {row['dispatch_p50_ms']:.0f} / "
             f"{row['dispatch_p99_ms']:.0f} | {row['completion_p50_ms']:.0f} / "
-            f"{row['completion_p99_ms']:.0f} | {row['tasks_per_minute']:.0f} | "
+            f"{row['completion_p99_ms']:.0f} | {row['idle_gap_p50_ms']:.0f} / "
+            f"{row['idle_gap_p99_ms']:.0f} | {row['tasks_per_minute']:.0f} | "
             f"{row['server_utilisation']:.0%} |"
         )
 

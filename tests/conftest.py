@@ -3,6 +3,7 @@ loopback guards (see tests.helpers.loopback)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,41 @@ def only_loopback_connections(outside_attempts: list[str]) -> Iterator[None]:
     yield
     if outside_attempts:
         pytest.fail(f"test tried to connect outside loopback: {outside_attempts}")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """moto's S3 server on loopback, for the whole session (each test takes its own bucket)."""
+    pytest.importorskip("moto")
+    from tests.helpers.s3 import S3_ENV, S3Server
+
+    previous = {name: os.environ.get(name) for name in S3_ENV}
+    os.environ.update(S3_ENV)
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3(s3_server: Any) -> Any:
+    """A fresh bucket on the session's S3 server."""
+    import uuid
+
+    s3_server.bucket = f"od-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=s3_server.bucket)
+    return s3_server
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Server settings for each storage backend: the data folder, then an S3 bucket."""
+    if request.param == "local":
+        return {}
+    settings: dict[str, str] = request.getfixturevalue("s3").settings()
+    return settings

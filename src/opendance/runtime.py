@@ -21,9 +21,9 @@ from opendance.dispatch.runner import TaskRunner
 from opendance.dispatch.worker_registry import WorkerRegistry
 from opendance.engines.catalog import ModelCatalog
 from opendance.engines.routing import EngineRouter
+from opendance.media.blobs import open_blobs
 from opendance.media.safe_http import Resolver
 from opendance.media.storage import ResultStore, load_or_create_secret
-from opendance.media.uploads import sweep_uploads
 from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
 from opendance.store import migrate
@@ -34,6 +34,7 @@ from opendance.tasks.models import TaskView
 from opendance.tasks.pricing import PriceTable
 from opendance.tasks.rate_limits import KeyRateLimiter
 from opendance.tasks.service import TaskService
+from opendance.tasks.uploads import Uploads
 from opendance.tasks.watchers import TaskEvents
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Runtime:
     metrics: Metrics
     limiter: KeyRateLimiter
     catalog: ModelCatalog
+    uploads: Uploads
     #: When this runtime was built (Unix seconds): the `created` of the models it lists.
     started_at: float = 0.0
     sender: CallbackSender | None = None
@@ -91,7 +93,7 @@ class Runtime:
             ),
             (60.0, self.registry.prune),
             (3600.0, self.service.sweep_idempotency_keys),
-            (3600.0, lambda: sweep_uploads(self.settings, self.clock.now())),
+            (3600.0, self.uploads.sweep),
             *(extra_jobs or []),
         ]
         if settings.dispatch == "procrastinate":
@@ -175,7 +177,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         if settings.url_signing_secret
         else load_or_create_secret(settings.data_dir / "url-signing.key")
     )
-    results = ResultStore(settings.results_dir, secret, settings.base_url)
+    blobs = open_blobs(settings.storage_url, settings.data_dir, settings.s3_endpoint_url)
+    results = ResultStore(blobs, secret, settings.base_url, settings.result_urls)
     runner = TaskRunner(service, router, results, settings, metrics)
     registry = WorkerRegistry(db, clock, stale_after=max(5.0, settings.lease_seconds))
     service.lanes_for = registry.lanes
@@ -197,6 +200,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         metrics=metrics,
         limiter=KeyRateLimiter(settings),
         catalog=ModelCatalog(router, settings),
+        uploads=Uploads(db, blobs, clock, settings.result_ttl_seconds),
         started_at=clock.now(),
     )
     _wire(runtime)

@@ -77,6 +77,19 @@ class Settings(BaseSettings):
         default=600.0, ge=0, description="On SIGTERM, how long running tasks may finish."
     )
     result_ttl_seconds: int = Field(default=86400, ge=60)
+    storage_url: str | None = Field(
+        default=None,
+        description="Where results and uploads live: empty for data_dir, or s3://bucket/prefix "
+        "(credentials from the standard AWS chain).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="The S3 API of a non-AWS service (MinIO, Ceph, R2, ...)."
+    )
+    result_urls: Literal["proxy", "redirect", "presigned"] = Field(
+        default="proxy",
+        description="Result URLs: opendance's signed URL streaming the object (proxy), the same "
+        "URL redirecting to a presigned bucket URL (redirect), or the presigned URL (presigned).",
+    )
     url_signing_secret: SecretStr | None = Field(
         default=None, description="HMAC key for result URLs; default: generated in data_dir."
     )

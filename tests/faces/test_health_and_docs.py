@@ -9,7 +9,12 @@ def test_health_and_readiness(server: LiveServer) -> None:
     assert server.client.get("/healthz").json()["status"] == "ok"
     ready = server.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "workers": "ok"}
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "storage": "ok",
+        "workers": "ok",
+    }
 
 
 def test_openapi_lists_the_contract(server: LiveServer) -> None:

@@ -16,7 +16,7 @@ import typer
 @functools.cache
 def build_app() -> typer.Typer:
     """The `opendance` typer app, with every command (made once)."""
-    from opendance.cli import admin, client, server
+    from opendance.cli import admin, client, models, server
 
     app = typer.Typer(
         help="opendance: a self-hosted video generation API server.", no_args_is_help=True
@@ -26,6 +26,7 @@ def build_app() -> typer.Typer:
     admin.register(app)
     client.register(app)
     server.register(app)
+    models.register(app)
     return app
 
 

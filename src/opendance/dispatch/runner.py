@@ -9,6 +9,7 @@ lease alive through long engine steps and notices a cancel made by another proce
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opendance.engines.base import (
+    FATAL_EXIT_CODE,
     EngineError,
+    EngineFatal,
     EngineResult,
     TaskCancelled,
     VideoJob,
     VideoRequest,
 )
 from opendance.engines.routing import EngineRouter
+from opendance.media.blobs import StorageError
 from opendance.media.storage import ResultStore
 from opendance.media.uploads import UPLOAD_PREFIX, read_upload
 from opendance.observability.context import task_id as task_context
@@ -37,6 +41,9 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 log = logging.getLogger(__name__)
+
+#: Waits between tries to store a result before the attempt is given up (seconds).
+STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 class WorkerContext:
@@ -135,6 +142,8 @@ class TaskRunner:
         self.router = router
         self.results = results
         self.settings = settings
+        #: How the process ends on a fatal device error (tests replace it).
+        self.exit_process: Callable[[int], object] = os._exit
         self._active: dict[str, WorkerContext] = {}
         self._lock = threading.Lock()
 
@@ -237,6 +246,23 @@ class TaskRunner:
             else:
                 log.info("task %s stopped (cancelled or lease lost)", claimed.id)
                 self.service.complete(claimed.id, token, Cancelled())
+        except EngineFatal as error:
+            log.critical(
+                "task %s: the engine's device is lost (%s); the task goes back to the queue "
+                "and this process exits (%d) for its supervisor to restart it",
+                claimed.id,
+                error.message,
+                FATAL_EXIT_CODE,
+            )
+            self.service.retry_later(
+                claimed.id, token, "engine_fatal", f"The engine's device failed: {error.message}"
+            )
+            self.exit_process(FATAL_EXIT_CODE)
+        except StorageError as error:
+            log.warning("task %s: the result could not be stored (%s)", claimed.id, error)
+            self.service.retry_later(
+                claimed.id, token, "storage_unavailable", f"The result could not be stored: {error}"
+            )
         except EngineError as error:
             log.info("task %s failed: %s %s", claimed.id, error.code, error.message)
             self.service.complete(claimed.id, token, Failed(error.code, error.message))
@@ -253,7 +279,9 @@ class TaskRunner:
 
         try:
             if url.startswith(UPLOAD_PREFIX):
-                return read_upload(self.settings, url)
+                return read_upload(
+                    self.results.blobs, url, max_pixels=self.settings.image_max_pixels
+                )
             return fetch_image(
                 url,
                 max_bytes=self.settings.image_max_bytes,
@@ -266,8 +294,21 @@ class TaskRunner:
         except ImageFetchError as error:
             raise EngineError(error.code, error.message) from error
 
+    def _store(self, claimed: ClaimedTask, path: Path) -> str:
+        """Put the result in the store, trying again a few times (a bucket may be briefly
+        away); a StorageError after the last try."""
+        for delay in (*STORE_RETRY_DELAYS, None):
+            try:
+                return self.results.store(claimed.id, path)
+            except StorageError as error:
+                if delay is None:
+                    raise
+                log.warning("task %s: storing the result failed (%s); retrying", claimed.id, error)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _deliver(self, claimed: ClaimedTask, result: EngineResult) -> None:
-        relative = self.results.store(claimed.id, result.path)
+        relative = self._store(claimed, result.path)
         outcome = Completed(
             result_file=relative,
             model=result.model,

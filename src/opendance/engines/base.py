@@ -53,6 +53,19 @@ class EngineUnavailable(EngineError):
         super().__init__("engine_unavailable", message, retryable=retryable)
 
 
+class EngineFatal(EngineError):
+    """The device is lost (a fatal CUDA error: the context is gone, nothing more can run in
+    this process). The runner puts the task back in the queue and ends the process with
+    `FATAL_EXIT_CODE`, so its supervisor starts a fresh one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("engine_fatal", message)
+
+
+#: The exit status of a worker process that stopped on a fatal device error (EX_SOFTWARE).
+FATAL_EXIT_CODE = 70
+
+
 @dataclass(frozen=True)
 class VideoRequest:
     """What the client asked for, already validated against the contract."""

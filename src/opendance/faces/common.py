@@ -23,7 +23,6 @@ from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import ApiError
-from opendance.media import previews
 from opendance.media.addresses import check_url, parse_host_literal
 from opendance.media.storage import ResultStore
 from opendance.settings import DEFAULT_MODEL, Settings
@@ -193,10 +192,5 @@ async def guarded_create(
 
 
 def remove_result(results: ResultStore, relative: str) -> None:
-    """Delete a result file and its cached previews."""
-    try:
-        path = results.path_of(relative)
-    except ValueError:
-        return
-    previews.delete_previews(path)
+    """Delete a result file and its previews, wherever they are stored."""
     results.delete(relative)

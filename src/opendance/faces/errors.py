@@ -48,6 +48,7 @@ SERVICE_STATUS: dict[type[service_errors.ServiceError], int] = {
     service_errors.KeyRevoked: 401,
     service_errors.TaskNotFound: 404,
     service_errors.KeyNotFound: 404,
+    service_errors.UploadNotFound: 404,
     service_errors.TaskNotCancellable: 409,
     service_errors.ServiceUnavailable: 503,
     service_errors.IdempotencyKeyReused: 422,

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from opendance import __version__
 from opendance.faces.deps import runtime_of
+from opendance.media.blobs import StorageError
 from opendance.store.migrate import is_current
 
 router = APIRouter(tags=["Health"])
@@ -35,6 +36,11 @@ def readyz(request: Request) -> JSONResponse:
         checks["migrations"] = "ok" if is_current(runtime.db.engine, runtime.db.url) else "pending"
     except Exception as error:  # the probe reports, it does not raise
         checks["database"] = f"error: {type(error).__name__}"
+    try:
+        runtime.results.check()
+        checks["storage"] = "ok"
+    except StorageError as error:
+        checks["storage"] = f"error: {error}"
     if runtime.dispatcher is not None:
         checks["workers"] = "ok" if runtime.dispatcher.running else "stopped"
     if runtime.shutting_down:

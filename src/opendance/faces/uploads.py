@@ -6,13 +6,15 @@ The image is checked now (size, JPEG/PNG/WebP by its bytes, pixel count) with th
 as the OpenAI face's `input_reference`, stored under `data_dir/uploads`, and read from disk by
 the worker when the task starts, so it is never fetched over the network.
 
-The name is 128 random bits: the reference is a capability, like a signed URL, and is not
-bound to the key that uploaded it.
+The upload belongs to the key that made it: only that key's tasks may use it, and only that
+key reads its metadata (`GET /v1/files/{id}`) or deletes it; to any other key it does not exist.
+Its bytes live in the store, so a worker on another host reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,8 +25,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from opendance.faces.auth import CurrentKey
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
-from opendance.faces.images import save_upload
-from opendance.media.uploads import uploads_dir
+from opendance.faces.images import ImageInbox, save_upload
+from opendance.tasks.uploads import UploadRecord
 
 router = APIRouter(tags=["Files"], responses=KEY_ERRORS)
 
@@ -132,21 +134,46 @@ async def upload_file(request: Request, key: CurrentKey) -> dict[str, Any]:
                 400, "invalid_parameter", "Invalid 'purpose': must be 'image'.", param="purpose"
             )
         data = await upload.read(settings.image_max_bytes + 1)
-        reference = await run_in_threadpool(
-            save_upload,
-            uploads_dir(settings),
-            data,
-            max_bytes=settings.image_max_bytes,
-            max_pixels=settings.image_max_pixels,
-            param="file",
+        inbox = ImageInbox(runtime.uploads, key.id, settings)
+        record = await run_in_threadpool(
+            partial(save_upload, inbox, data, param="file", filename=upload.filename)
         )
-        return {
-            "id": reference,
-            "object": "file",
-            "bytes": len(data),
-            "purpose": "image",
-            "filename": upload.filename,
-            "created_at": int(runtime.clock.now()),
-        }
+        return file_object(record)
     finally:
         await form.close()
+
+
+def file_object(record: UploadRecord) -> dict[str, Any]:
+    """An upload as the file object the API answers (OpenAI's shape, plus its sha256)."""
+    return {
+        "id": record.reference,
+        "object": "file",
+        "bytes": record.bytes,
+        "purpose": "image",
+        "filename": record.filename,
+        "content_type": record.content_type,
+        "sha256": record.sha256,
+        "created_at": int(record.created_at),
+        "expires_at": int(record.expires_at),
+    }
+
+
+_NOT_FOUND = error_responses({404: "No such upload for this key (deleted, expired, another's)"})
+
+
+@router.get(
+    "/v1/files/{file_id}", summary="An upload's metadata (its owner only)", responses=_NOT_FOUND
+)
+async def get_file(file_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    record = await run_in_threadpool(runtime.uploads.get, key.id, file_id)
+    return file_object(record)
+
+
+@router.delete(
+    "/v1/files/{file_id}", summary="Delete an upload (its owner only)", responses=_NOT_FOUND
+)
+async def delete_file(file_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    record = await run_in_threadpool(runtime.uploads.delete, key.id, file_id)
+    return {"id": record.reference, "object": "file", "deleted": True}

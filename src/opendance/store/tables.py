@@ -206,3 +206,22 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Upload(Base):
+    """An image a key sent (`POST /v1/files`, an OpenAI `input_reference`, a `data:` URL).
+
+    Its bytes live in the store under `uploads/<id>`; the row makes it the key's own: another
+    key's task cannot use it, and only its owner reads or deletes it.
+    """
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    content_type: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

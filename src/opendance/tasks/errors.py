@@ -66,3 +66,7 @@ class RateLimited(ServiceError):
     def __init__(self, message: str, *, headers: dict[str, str]) -> None:
         super().__init__(message)
         self.headers = headers
+
+
+class UploadNotFound(ServiceError):
+    code = "file_not_found"

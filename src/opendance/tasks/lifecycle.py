@@ -183,6 +183,23 @@ class TaskLifecycle(TaskReads):
         """Hand a task back to the queue (graceful shutdown): the attempt does not count."""
         return self._requeue(task_id, lease_token, attempt_counts=False)
 
+    def retry_later(self, task_id: str, lease_token: str, code: str, message: str) -> bool:
+        """Back to the queue after a failure that another attempt may not meet (the device was
+        lost, the store refused the result); the attempt counts, and past `max_attempts` the
+        task fails with `code` and a refund, as a lost worker's does."""
+        with self.db.read() as session:
+            attempts = session.execute(
+                select(Task.attempts).where(Task.id == task_id)
+            ).scalar_one_or_none()
+        if attempts is not None and attempts >= self.settings.max_attempts:
+            return self._finish(
+                task_id,
+                Failed(code, f"{message} (after {attempts} attempts)"),
+                from_statuses={Status.PROCESSING},
+                lease_token=lease_token,
+            )
+        return self._requeue(task_id, lease_token, attempt_counts=True)
+
     def _requeue(self, task_id: str, lease_token: str | None, *, attempt_counts: bool) -> bool:
         """Put a processing task back in the queue (fenced by its lease) and wake the workers;
         the one way back to pending, for `release` and the reaper."""

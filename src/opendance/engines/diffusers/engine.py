@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import re
 import secrets
 import threading
 import time
@@ -30,6 +31,7 @@ from opendance.engines.base import (
     Engine,
     EngineContext,
     EngineError,
+    EngineFatal,
     EngineResult,
     EngineUnavailable,
     TaskCancelled,
@@ -37,7 +39,7 @@ from opendance.engines.base import (
     VideoPlan,
     VideoRequest,
 )
-from opendance.engines.diffusers import loading, speed
+from opendance.engines.diffusers import loading, speed, tuning
 from opendance.engines.diffusers.cfg import BatchedCfg
 from opendance.engines.diffusers.family import (
     FamilyAdapter,
@@ -50,6 +52,20 @@ from opendance.engines.diffusers.options import DiffusersOptions
 from opendance.engines.diffusers.video import _write_mp4, frames_to_yuv420
 
 log = logging.getLogger(__name__)
+
+#: CUDA errors after which the context is unusable (a sticky error): only a new process helps.
+_FATAL_DEVICE_ERROR = re.compile(
+    r"illegal memory access|device-side assert|unspecified launch failure|misaligned address|"
+    r"launch timed out|uncorrectable ECC|CUDA driver (is )?shutting down|context is destroyed|"
+    r"illegal instruction|hardware stack error",
+    re.IGNORECASE,
+)
+
+
+def is_fatal_device_error(error: BaseException) -> bool:
+    """A CUDA error the process cannot recover from (out of memory is not one)."""
+    return isinstance(error, RuntimeError) and bool(_FATAL_DEVICE_ERROR.search(str(error)))
+
 
 #: Share of the progress bar given to denoising; decoding and writing finish the rest.
 DENOISE_SHARE = 0.95
@@ -138,7 +154,7 @@ class DiffusersEngine(Engine):
             config["_class_name"] = type(self._given_pipeline).__name__
             self._model_index = config
             return config
-        self._model_index = loading.read_model_index(self.options.model)
+        self._model_index = loading.read_model_index(self.model_reference())
         return self._model_index
 
     def estimate_seconds(self, plan: VideoPlan) -> float:
@@ -169,7 +185,7 @@ class DiffusersEngine(Engine):
             raise EngineUnavailable(
                 f"the diffusers engine needs {' and '.join(missing)}: install opendance[gpu]"
             )
-        model = self.options.model
+        model = self.model_reference()
         folder = Path(model).expanduser()
         looks_local = model.startswith(("/", ".", "~")) or folder.exists() or model.count("/") != 1
         if self._given_pipeline is not None or not looks_local:
@@ -181,6 +197,15 @@ class DiffusersEngine(Engine):
                 f"the model folder {model} holds no diffusers pipeline (no model_index.json)"
             )
 
+    def model_reference(self) -> str:
+        """What `model` names, for `from_pretrained`: a folder; a short name or hub id pulled
+        with `opendance models pull` (its folder); else the hub id (downloaded at start)."""
+        from opendance.engines.diffusers import hub
+        from opendance.settings import Settings
+
+        root = Path(self.options.models_dir) if self.options.models_dir else None
+        return hub.resolve_reference(self.options.model, root or hub.models_dir(Settings()))
+
     # -- loading ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -191,11 +216,13 @@ class DiffusersEngine(Engine):
 
         pipe = self._given_pipeline
         if pipe is None:
-            pipe = loading.load_pipeline(opts.model, dtype, vae_dtype)
+            pipe = loading.load_pipeline(self.model_reference(), dtype, vae_dtype)
         self._model_index = None
         self._given_pipeline = pipe
         self._read_model_index()
         self._device = device
+        self.applied["loras"] = tuning.fuse_loras(pipe, opts.loras)
+        self.applied["scheduler"] = tuning.set_scheduler(pipe, opts.scheduler, opts.flow_shift)
         self.applied["offload"] = loading.place(torch, pipe, device, opts.offload)
         pipe.set_progress_bar_config(disable=True)
 
@@ -285,6 +312,9 @@ class DiffusersEngine(Engine):
                 "gpu_out_of_memory", f"{job.width}x{job.height}x{job.frames} does not fit: {exc}"
             )
         except Exception as exc:
+            if is_fatal_device_error(exc):
+                # The CUDA context is gone: no cleanup call would return; the runner ends us.
+                raise EngineFatal(f"{type(exc).__name__}: {exc}") from None
             log.exception("generation of %s failed", job.task_id)
             failure = EngineError("generation_failed", f"{type(exc).__name__}: {exc}")
         # Raised here, outside the except blocks, as a new exception without the old traceback:

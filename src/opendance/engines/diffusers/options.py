@@ -27,12 +27,27 @@ class WarmupSize(BaseModel):
     image: bool = False
 
 
+class LoraWeights(BaseModel):
+    """A LoRA adapter fused into the weights at load (few-step distillation, a style)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="A folder or .safetensors file of a diffusers LoRA, or a hub id")
+    weight_name: str | None = Field(default=None, description="The file inside a folder or repo")
+    scale: float = Field(default=1.0, ge=0, le=4)
+
+
 class DiffusersOptions(BaseModel):
     """Options of the `diffusers` engine (one loaded model, kept resident on one device)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="Hub id or local folder holding a diffusers pipeline.")
+    model: str = Field(
+        description="A short name (`wan2.1-t2v-1.3b`), a hub id, or a folder holding a pipeline."
+    )
+    models_dir: str | None = Field(
+        default=None, description="Where `opendance models pull` put models; default data_dir."
+    )
     family: Family | Literal["auto"] = "auto"
     reported_model: str | None = Field(
         default=None, description="Name reported in the task's `model`; default: the folder name."
@@ -45,6 +60,18 @@ class DiffusersOptions(BaseModel):
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0)
     negative_prompt: str | None = None
+    loras: list[LoraWeights] = Field(
+        default_factory=list,
+        description="Fused into the weights at load, so a step costs what it did without them.",
+    )
+    scheduler: Literal["default", "unipc", "euler", "dpm"] = Field(
+        default="default", description="The sampler: the model's own, or a flow-matching one."
+    )
+    flow_shift: float | None = Field(
+        default=None,
+        gt=0,
+        description="The scheduler's timestep shift (Wan: 3 at 480p, 5 at 720p).",
+    )
 
     batch_cfg: bool = Field(
         default=True, description="Run the guided and unguided passes as one batch-2 call."

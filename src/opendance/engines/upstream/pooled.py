@@ -71,8 +71,8 @@ class PooledOptions(UpstreamOptions):
     )
     # The servers are ours, on our network: a query is cheap, and a finished job should not
     # wait for the next poll (the control plane's added latency is one poll interval).
-    poll_initial_seconds: float = 0.1
-    poll_max_seconds: float = 0.25
+    poll_initial_seconds: float = 0.05
+    poll_max_seconds: float = 0.1
     max_poll_errors: int = 20
     estimate_base_seconds: float = 5.0
     estimate_seconds_per_video_second: float = 3.0

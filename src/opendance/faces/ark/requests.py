@@ -17,7 +17,7 @@ from opendance.faces.common import (
     with_face,
 )
 from opendance.faces.errors import ApiError, route_class_answering_with
-from opendance.faces.images import image_reference
+from opendance.faces.images import ImageInbox, image_reference
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES
 from opendance.settings import Settings
 from opendance.tasks.models import CreateTask
@@ -215,7 +215,12 @@ def parse_content(value: object) -> Content:
     return Content(texts[0] if texts else "", images[0] if images else None)
 
 
-def parse_create(data: dict[str, Any], models: list[str], settings: Settings) -> CreateTask:
+def parse_create(
+    data: dict[str, Any],
+    models: list[str],
+    settings: Settings,
+    inbox: ImageInbox | None = None,
+) -> CreateTask:
     """An Ark create body -> a validated CreateTask (null is "not given" for every key)."""
     requested = _str(data.get("model"), "model")
     if requested is None:
@@ -261,7 +266,9 @@ def parse_create(data: dict[str, Any], models: list[str], settings: Settings) ->
         _bool(fields.get(flag, data.get(flag)), flag)
     callback_url = check_callback_url(_str(data.get("callback_url"), "callback_url"), settings)
     image_url = (
-        image_reference(image, settings, param="content.image_url") if image is not None else None
+        image_reference(image, settings, param="content.image_url", inbox=inbox)
+        if image is not None
+        else None
     )
     return with_face(
         CreateTask(

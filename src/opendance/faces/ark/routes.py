@@ -30,6 +30,7 @@ from opendance.faces.common import (
 )
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import ApiError, error_responses
+from opendance.faces.images import ImageInbox
 from opendance.media.sizes import NAMED_RATIOS
 from opendance.tasks.errors import TaskNotCancellable
 from opendance.tasks.states import Status
@@ -136,7 +137,10 @@ async def create_task(request: Request, key: CurrentKey) -> JSONResponse:
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
-    create = await run_in_threadpool(parse_create, data, runtime.router.models(), runtime.settings)
+    inbox = ImageInbox(runtime.uploads, key.id, runtime.settings)
+    create = await run_in_threadpool(
+        parse_create, data, runtime.router.models(), runtime.settings, inbox
+    )
     view, headers = await guarded_create(request, key, create, hashlib.sha256(raw).hexdigest())
     return JSONResponse({"id": view.id}, headers=headers)
 

@@ -8,8 +8,6 @@ import hashlib
 import json
 from typing import Any
 
-from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
-from opendance.faces.images import uploads_dir as uploads_dir
 from opendance.faces.openai.requests import (
     POLL_MAX_MS,
     POLL_MIN_MS,

@@ -9,6 +9,7 @@ import json
 import math
 import re
 from collections.abc import AsyncGenerator, Callable
+from functools import partial
 from typing import Any, Final
 
 from fastapi import Request
@@ -30,9 +31,7 @@ from opendance.faces.errors import (
     error_body,
     route_class_answering_with,
 )
-from opendance.faces.images import image_reference
-from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
-from opendance.faces.images import uploads_dir as uploads_dir
+from opendance.faces.images import ImageInbox, image_reference, save_upload
 from opendance.media.sizes import QUALITIES, nearest_named_ratio, size_for
 from opendance.runtime import Runtime
 from opendance.settings import Settings
@@ -236,9 +235,10 @@ def planner_sizes(
 # The create request
 
 
-async def parse_create(request: Request, runtime: Runtime) -> CreateTask:
+async def parse_create(request: Request, runtime: Runtime, key_id: str) -> CreateTask:
     """A create body (multipart, urlencoded or JSON) -> a validated CreateTask, or a 400."""
     settings: Settings = runtime.settings
+    inbox = ImageInbox(runtime.uploads, key_id, settings)
     limit = body_limit(settings)
     data = await parse_fields(request, await read_body(request, limit), limit)
     prompt = _text(data, "prompt")
@@ -253,7 +253,7 @@ async def parse_create(request: Request, runtime: Runtime) -> CreateTask:
         map_size, width, height, planner_sizes(runtime, model, duration)
     )
     callback_url = check_callback_url(_text(data, "callback_url"), settings)
-    image_url = await _input_reference(data.get("input_reference"), settings)
+    image_url = await _input_reference(data.get("input_reference"), inbox)
     return with_face(
         CreateTask(
             model=model,
@@ -268,24 +268,20 @@ async def parse_create(request: Request, runtime: Runtime) -> CreateTask:
     )
 
 
-async def _input_reference(value: object, settings: Settings) -> str | None:
+async def _input_reference(value: object, inbox: ImageInbox) -> str | None:
     """`input_reference`: an uploaded file, or `{"image_url": ...}`; `file_id` is not served."""
     param = "input_reference"
     if value is None:
         return None
     if isinstance(value, UploadFile):
         try:
-            data = await value.read(settings.image_max_bytes + 1)
+            data = await value.read(inbox.settings.image_max_bytes + 1)
         finally:
             await value.close()
-        return await run_in_threadpool(
-            save_upload,
-            uploads_dir(settings),
-            data,
-            max_bytes=settings.image_max_bytes,
-            max_pixels=settings.image_max_pixels,
-            param=param,
+        record = await run_in_threadpool(
+            partial(save_upload, inbox, data, param=param, filename=value.filename)
         )
+        return record.reference
     if not isinstance(value, dict):
         raise _invalid(param, "must be an image file or an object with image_url")
     if value.get("file_id") is not None:
@@ -295,4 +291,6 @@ async def _input_reference(value: object, settings: Settings) -> str | None:
         raise _invalid(param, "must be an image file or an object with image_url")
     if not isinstance(url, str):
         raise _invalid(param, "image_url must be a string")
-    return await run_in_threadpool(image_reference, url, settings, param=param)
+    return await run_in_threadpool(
+        partial(image_reference, url, inbox.settings, param=param, inbox=inbox)
+    )

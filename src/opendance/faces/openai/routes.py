@@ -8,7 +8,7 @@ import contextlib
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import CurrentKey
@@ -17,12 +17,11 @@ from opendance.faces.common import (
     remove_result,
 )
 from opendance.faces.deps import runtime_of
+from opendance.faces.downloads import serve_result
 from opendance.faces.errors import (
     ApiError,
     error_responses,
 )
-from opendance.faces.images import save_upload as save_upload  # re-exported for uploads.py
-from opendance.faces.images import uploads_dir as uploads_dir
 from opendance.faces.openai.objects import (
     poll_after_ms,
     status_of,
@@ -163,7 +162,7 @@ VideoId = Annotated[str, Depends(_video_id)]
 )
 async def create_video(request: Request, key: CurrentKey) -> JSONResponse:
     runtime = runtime_of(request)
-    create = await parse_create(request, runtime)
+    create = await parse_create(request, runtime, key.id)
     view, headers = await guarded_create(request, key, create)
     return JSONResponse(video_object(view), headers=headers)
 
@@ -224,7 +223,7 @@ async def download_content(
     key: CurrentKey,
     request: Request,
     variant: Annotated[Literal["video", "thumbnail", "spritesheet"], Query()] = "video",
-) -> FileResponse:
+) -> Response:
     runtime = runtime_of(request)
     view = await run_in_threadpool(runtime.service.get_task, key.id, video_id)
     if view.status != Status.COMPLETED:
@@ -234,25 +233,30 @@ async def download_content(
             f"Video '{video_id}' is {status_of(view.status)}; content exists once it is completed.",
             param="video_id",
         )
-    path = runtime.results.path_of(view.result_file) if view.result_file else None
-    if path is None or not path.exists():
-        raise ApiError(
-            404,
-            "video_content_gone",
-            f"The content of video '{video_id}' was deleted or has expired.",
-            param="video_id",
-        )
-    if variant == "video":
-        return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
-    preview = await run_in_threadpool(previews.ensure_preview, path, variant)
-    if not path.exists():  # deleted while the preview was being made: leave nothing behind
-        previews.delete_previews(path)
-        raise ApiError(404, "video_content_gone", f"Video '{video_id}' was just deleted.")
-    return FileResponse(
-        preview,
-        media_type=previews.MEDIA_TYPES[variant],
-        filename=f"{video_id}{previews.SUFFIXES[variant]}",
+    gone = ApiError(
+        404,
+        "video_content_gone",
+        f"The content of video '{video_id}' was deleted or has expired.",
+        param="video_id",
     )
+    if not view.result_file:
+        raise gone
+    suffix = ".mp4" if variant == "video" else previews.SUFFIXES[variant]
+    response = await serve_result(
+        runtime,
+        view.result_file,
+        request,
+        filename=f"{video_id}{suffix}",
+        variant=variant,
+        missing=gone,
+        disposition="attachment",
+    )
+    if runtime.results.is_local and variant != "video":
+        path = runtime.results.path_of(view.result_file)
+        if not path.exists():  # deleted while the preview was being made: leave nothing behind
+            previews.delete_previews(path)
+            raise ApiError(404, "video_content_gone", f"Video '{video_id}' was just deleted.")
+    return response
 
 
 @router.delete(

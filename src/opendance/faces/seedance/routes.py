@@ -31,7 +31,7 @@ from opendance.faces.common import (
 )
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
-from opendance.faces.images import image_reference
+from opendance.faces.images import ImageInbox, image_reference
 from opendance.faces.seedance.objects import task_object
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
 from opendance.settings import DEFAULT_MODEL, Settings
@@ -119,7 +119,9 @@ def validation_error(error: ValidationError) -> ApiError:
     return ApiError(400, "invalid_parameter", f"Invalid '{field}': {rule}.", param=field)
 
 
-def parse_create_request(raw: bytes, settings: Settings) -> CreateTask:
+def parse_create_request(
+    raw: bytes, settings: Settings, inbox: ImageInbox | None = None
+) -> CreateTask:
     """Bytes of a create request -> a validated CreateTask, or an ApiError(400)."""
     try:
         data = json.loads(raw)
@@ -139,7 +141,7 @@ def parse_create_request(raw: bytes, settings: Settings) -> CreateTask:
     if image_url is not None:
         # An http(s) URL (checked as written, fetched by the worker), or opendance's
         # extensions: `upload:<id>` from POST /v1/files, or a base64 data: URL (stored now).
-        image_url = image_reference(image_url, settings, param="image_urls")
+        image_url = image_reference(image_url, settings, param="image_urls", inbox=inbox)
     aspect_ratio = body.aspect_ratio or ("adaptive" if image_url else "16:9")
     if aspect_ratio in IMAGE_ONLY_RATIOS and image_url is None:
         raise ApiError(
@@ -212,11 +214,13 @@ async def create_video(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     key = await authenticate_async(request, bearer_token(request))
     raw = await request.body()
-    # A small body cannot carry a data: URL worth a thread (decoding and storing one blocks).
-    if len(raw) <= 4096:
-        create = parse_create_request(raw, runtime.settings)
+    inbox = ImageInbox(runtime.uploads, key.id, runtime.settings)
+    # A small body without an upload cannot need a thread (storing a data: URL, or looking up
+    # an upload, blocks).
+    if len(raw) <= 4096 and b"upload:" not in raw:
+        create = parse_create_request(raw, runtime.settings, inbox)
     else:
-        create = await run_in_threadpool(parse_create_request, raw, runtime.settings)
+        create = await run_in_threadpool(parse_create_request, raw, runtime.settings, inbox)
     view, headers = await guarded_create(request, key, create, hashlib.sha256(raw).hexdigest())
     headers["Location"] = f"/v1/tasks/{view.id}"
     return JSONResponse(task_object(view, runtime.results), headers=headers)
