@@ -65,6 +65,7 @@ class Context:
 
 
 def make_result(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     engine = SandboxEngine("opendance-sandbox")
     job = VideoJob(
         task_id="task-unified-1-benchmrk", prompt="a benchmark", width=1920, height=1088,
