@@ -14,9 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from opendance.cli.common import fail
+
+if TYPE_CHECKING:
+    from opendance.runtime import Runtime
 
 #: Credits given to the key of an embedded server (its own temporary ledger).
 EMBEDDED_CREDITS: Final[int] = 1_000_000
@@ -30,7 +33,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def embedded_key(runtime: Any, data_dir: Path) -> str:
+def embedded_key(runtime: Runtime, data_dir: Path) -> str:
     """A key of the embedded server: reused from `data_dir` (topped up) or made now."""
     path = data_dir / EMBEDDED_KEY_FILE
     with contextlib.suppress(OSError):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.panel import Panel
 
 from opendance.cli.common import ConfigOption, console, err_console, load_settings
 from opendance.settings import DEFAULT_MODEL, Settings
+
+if TYPE_CHECKING:
+    from opendance.runtime import Runtime
 
 config_app = typer.Typer(help="Check a configuration without starting.", no_args_is_help=True)
 
@@ -34,7 +37,7 @@ def _setup_logging(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
 
 
-def _run_draining(server_config: Any, runtime: Any, sock: socket.socket) -> None:
+def _run_draining(server_config: Any, runtime: Runtime, sock: socket.socket) -> None:
     """Run uvicorn on the bound socket, telling the runtime of a shutdown first: open event
     streams end (instead of holding the graceful shutdown for its whole timeout) and /readyz
     turns 503."""
