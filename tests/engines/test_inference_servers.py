@@ -44,11 +44,11 @@ class Fake:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.helpers.video_servers", "--flavor", self.flavor,
              "--port", str(self.port), "--log", str(self.log), "--folder", str(self.folder),
-             "--steps", "4", "--step-seconds", str(self.step_seconds)],
+             "--steps", "4", "--step-seconds", str(self.step_seconds), *extra],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])},
         )  # fmt: skip
@@ -80,11 +80,11 @@ class Fake:
 def fakes(tmp_path: Path) -> Iterator[Callable[..., Fake]]:
     started: list[Fake] = []
 
-    def make(flavor: str, step_seconds: float = 0.15) -> Fake:
+    def make(flavor: str, step_seconds: float = 0.15, *extra: str) -> Fake:
         index = len(started)
         fake = Fake(flavor, free_port(), tmp_path / f"fake{index}.jsonl",
                     tmp_path / f"fake{index}", step_seconds)  # fmt: skip
-        fake.start()
+        fake.start(*extra)
         started.append(fake)
         return fake
 
@@ -276,3 +276,20 @@ def test_a_killed_opendance_resumes_every_job_on_its_server_without_a_second_cre
         assert len(creates) == 2, f"one create per task, none sent again: {creates}"
     finally:
         process.stop()
+
+
+def test_an_unanswered_lightx2v_create_is_found_by_its_name_not_sent_twice(
+    fakes: Callable[..., Fake], server_factory: ServerFactory
+) -> None:
+    """LightX2V takes a task id from the request, so a create whose answer never came (the
+    server took it, then answered after our timeout) is looked up instead of failing."""
+    fake = fakes("lightx2v", 0.15, "--hang-first-create", "4")
+    server = server_factory(
+        routes=routes("lightx2v", [fake.url], request_timeout_seconds=1.0), workers=1
+    )
+    key = server.new_key(credits=100)
+    task_id = server.create(key, prompt="late answer", duration=2, quality="480p").json()["id"]
+    done = server.wait_done(key, task_id, timeout=60)
+    assert done["status"] == "completed", done
+    (create,) = fake.events()
+    assert create["id"].startswith("od-"), "opendance named the task"

@@ -15,7 +15,8 @@ router.py, api/tasks/{video,common}.py, schema.py, task_manager.py):
   `queued` -> `in_progress` with `progress` rising per step -> `completed`; `DELETE` aborts and
   answers `{"id", "deleted": true, "object": "video.deleted"}`.
 - lightx2v: `POST /v1/tasks/video/` JSON -> `{"task_id", "task_status": "pending",
-  "save_result_path"}`, 503 `{"detail"}` when its queue is full; one job at a time;
+  "save_result_path"}` (the request may name the task; a second task of that name is a 503),
+  503 `{"detail"}` when its queue is full; one job at a time;
   `GET /v1/tasks/{id}/status` (pending, processing, completed, failed, cancelled, `error`);
   `/result` streams the MP4; `DELETE /v1/tasks/{id}` -> `{"stop_status", "reason"}`;
   `GET /v1/service/status`.
@@ -238,9 +239,10 @@ def openai_app(flavor: str, jobs: Jobs) -> FastAPI:
     return app
 
 
-def lightx2v_app(jobs: Jobs, size: str, max_queue: int) -> FastAPI:
+def lightx2v_app(jobs: Jobs, size: str, max_queue: int, hang_first: float = 0.0) -> FastAPI:
     app = FastAPI()
     width, height = _size(size, "832x480")
+    hangs = [hang_first] if hang_first else []
 
     def status_of(task_id: str) -> dict[str, Any]:
         job = jobs.jobs[task_id]
@@ -258,9 +260,11 @@ def lightx2v_app(jobs: Jobs, size: str, max_queue: int) -> FastAPI:
         body = await request.json()
         with jobs.lock:
             held = jobs.active()
+            task_id = str(body.get("task_id") or secrets.token_hex(8))
+            if task_id in jobs.jobs:
+                raise HTTPException(503, f"Task ID {task_id} already exists")
             if held >= max_queue:
                 raise HTTPException(503, f"Task queue is full (max {max_queue} tasks)")
-            task_id = secrets.token_hex(8)
             jobs.jobs[task_id] = {
                 "status": "pending",
                 "prompt": str(body.get("prompt", "")),
@@ -275,6 +279,8 @@ def lightx2v_app(jobs: Jobs, size: str, max_queue: int) -> FastAPI:
         threading.Thread(
             target=jobs.run, args=(task_id, width, height, frames, fps, "processing"), daemon=True
         ).start()
+        if hangs:
+            await asyncio.sleep(hangs.pop())  # took the task, answers too late for the client
         return {"task_id": task_id, "task_status": "pending", "save_result_path": task_id}
 
     @app.get("/v1/tasks/{task_id}/status")
@@ -325,11 +331,14 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=0.2)
     parser.add_argument("--size", default="832x480", help="LightX2V's configured size")
     parser.add_argument("--max-queue", type=int, default=10)
+    parser.add_argument(
+        "--hang-first-create", type=float, default=0.0, help="LightX2V: answer late, once"
+    )
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
     jobs = Jobs(args.folder, args.log, args.steps, args.step_seconds)
     app = (
-        lightx2v_app(jobs, args.size, args.max_queue)
+        lightx2v_app(jobs, args.size, args.max_queue, args.hang_first_create)
         if args.flavor == "lightx2v"
         else openai_app(args.flavor, jobs)
     )

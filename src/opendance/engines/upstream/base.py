@@ -57,7 +57,7 @@ from opendance.engines.upstream.errors import (
     sanitize,
 )
 from opendance.engines.upstream.options import UpstreamOptions
-from opendance.engines.upstream.polling import poll_until_done
+from opendance.engines.upstream.polling import look_up_named, poll_until_done
 from opendance.engines.upstream.wire import (
     CLIENT_REQUEST_ID_HEADER,
     TaskSnapshot,
@@ -202,6 +202,12 @@ class UpstreamEngine(Engine):
         """POST the create; a JSON body unless the upstream wants another encoding."""
         return api.post(path, json=body, headers=headers)
 
+    def client_task_id(self, client_request_id: str) -> str | None:
+        """The id this upstream will give the task when we name it ourselves (an upstream that
+        takes a client-chosen id and refuses a second create with it), so a create whose answer
+        never came can be looked up and sent again safely. None: the upstream names its tasks."""
+        return None
+
     def content_path(self, upstream_id: str) -> str | None:
         """Where the API itself serves the finished video (with our key), for upstreams that
         hand back no URL; None: the snapshot's `video_url` is fetched instead."""
@@ -228,6 +234,14 @@ class UpstreamEngine(Engine):
             self._log.info("task %s: resuming upstream task %s", ctx.task_id, upstream_id)
             return upstream_id, float(submitted_at)
         if phase == "submitting":
+            request_id = state.get("client_request_id")
+            if isinstance(request_id, str) and self.client_task_id(request_id) is not None:
+                # We named the task: look it up; if it never arrived, sending it again under
+                # the same name is safe (the upstream refuses a second task of that name).
+                found = self._look_up(api, ctx, request_id, extra)
+                if found is not None:
+                    return found
+                return self._create(api, job, ctx, extra, request_id=request_id)
             # The create may or may not have reached the upstream; sending it again could make
             # (and bill) a second video, so this attempt fails and the task is refunded.
             raise EngineError(
@@ -240,12 +254,22 @@ class UpstreamEngine(Engine):
         return self._create(api, job, ctx, extra)
 
     def _create(
-        self, api: httpx.Client, job: VideoJob, ctx: EngineContext, extra: State
+        self,
+        api: httpx.Client,
+        job: VideoJob,
+        ctx: EngineContext,
+        extra: State,
+        *,
+        request_id: str | None = None,
     ) -> tuple[str, float]:
         path, body = self.create_request(job)
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
+        named = self.client_task_id(request_id)
+        if named is not None:
+            body = {**body, "task_id": named}
         ctx.save_state({**extra, "phase": "submitting", "client_request_id": request_id})
         rate_limited = 0
+        unanswered = 0
         while True:
             ctx.check_cancel()
             try:
@@ -262,6 +286,13 @@ class UpstreamEngine(Engine):
                 self._log.warning(
                     "task %s: create outcome unknown (%s)", ctx.task_id, type(exc).__name__
                 )
+                if named is not None and unanswered < 2:
+                    unanswered += 1
+                    self._wait(ctx, 1.0)
+                    found = self._look_up(api, ctx, request_id, extra)
+                    if found is not None:
+                        return found
+                    continue  # it never arrived: the same named create again
                 raise EngineError(
                     UPSTREAM_AMBIGUOUS,
                     f"the upstream did not answer the create in time ({type(exc).__name__}); "
@@ -305,6 +336,11 @@ class UpstreamEngine(Engine):
                 self._wait(ctx, delay)
                 continue
             raise self._create_failure(response, ctx, extra)
+
+    def _look_up(
+        self, api: httpx.Client, ctx: EngineContext, request_id: str, extra: State
+    ) -> tuple[str, float] | None:
+        return look_up_named(self, api, ctx, request_id, extra)
 
     def _create_failure(
         self, response: httpx.Response, ctx: EngineContext, extra: State

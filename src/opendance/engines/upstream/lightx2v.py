@@ -5,7 +5,9 @@ distilled Wan models.
 `image_path` as base64, `infer_steps`, `seed`, `target_video_length` in frames, `target_fps`)
 answers `{"task_id", "task_status": "pending", "save_result_path"}`; 503 when its in-memory
 queue is full (nothing was made). `GET /v1/tasks/{id}/status` gives `status` (pending,
-processing, completed, failed, cancelled) and `error`; `GET /v1/tasks/{id}/result` streams the
+processing, completed, failed, cancelled) and `error`; the request may name the task
+(`task_id`, refused when it exists), so opendance names it and a create whose answer never came
+is looked up, and sent again only if it never arrived; `GET /v1/tasks/{id}/result` streams the
 MP4; `DELETE /v1/tasks/{id}` stops a task. It reports no progress, so progress follows the
 estimate. The size comes from the server's own config (or the first frame), and the task
 reports what the file really holds.
@@ -60,6 +62,10 @@ class LightX2VEngine(PooledEngine):
             data, _mime = png_bytes(image, self.options.max_image_bytes)
             body["image_path"] = base64.b64encode(data).decode("ascii")
         return _CREATE, body
+
+    def client_task_id(self, client_request_id: str) -> str | None:
+        # LightX2V takes the task id from the request and refuses a second task with it.
+        return f"od-{client_request_id}"
 
     def parse_created(self, body: Any) -> str | None:
         if isinstance(body, dict) and isinstance(body.get("task_id"), str):

@@ -1,15 +1,17 @@
-"""Polling an upstream task until it ends: backoff, `Retry-After`, malformed answers, lost
-tasks and the deadline, and the progress a running task reports in our terms."""
+"""Asking an upstream about a task: polling it until it ends (backoff, `Retry-After`,
+malformed answers, lost tasks, the deadline, progress in our terms), and looking up a task we
+named ourselves after its create went unanswered."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
 from opendance.engines.base import EngineContext, EngineError, VideoJob
 from opendance.engines.upstream.errors import (
+    UPSTREAM_AMBIGUOUS,
     UPSTREAM_AUTH_FAILED,
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_TASK_LOST,
@@ -134,3 +136,37 @@ def progress_of(snapshot: TaskSnapshot, submitted_at: float, estimate: float) ->
         elapsed = max(0.0, time.time() - submitted_at)
         fraction = 0.1 + 0.85 * min(1.0, elapsed / estimate)
     return min(0.95, fraction)
+
+
+def look_up_named(
+    engine: UpstreamEngine,
+    api: httpx.Client,
+    ctx: EngineContext,
+    request_id: str,
+    extra: dict[str, Any],
+) -> tuple[str, float] | None:
+    """The task we named `client_task_id(request_id)`, if the upstream has it: recorded as
+    submitted and returned; None when the upstream answers that it has no such task."""
+    upstream_id = engine.client_task_id(request_id)
+    assert upstream_id is not None
+    try:
+        response = api.get(engine.task_path(upstream_id))
+    except httpx.TransportError as exc:
+        raise EngineError(
+            UPSTREAM_AMBIGUOUS,
+            f"the upstream did not answer whether it has the task ({type(exc).__name__})",
+        ) from None
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise EngineError(
+            UPSTREAM_AMBIGUOUS,
+            f"the upstream answered HTTP {response.status_code} when asked for the task",
+        )
+    submitted_at = time.time()
+    ctx.save_state(
+        {**extra, "phase": "submitted", "upstream_id": upstream_id,
+         "client_request_id": request_id, "submitted_at": submitted_at}
+    )  # fmt: skip
+    engine._log.info("task %s: found upstream task %s by its name", ctx.task_id, upstream_id)
+    return upstream_id, submitted_at
