@@ -50,15 +50,15 @@ class KnownModel:
 
 KNOWN: dict[str, KnownModel] = {
     "wan2.1-t2v-1.3b": KnownModel("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "wan21", "pipeline",
-                                  "Wan 2.1 text-to-video 1.3B, 480p", 16),
+                                  "Wan 2.1 text-to-video 1.3B, 480p", 23),
     "wan2.1-t2v-14b": KnownModel("Wan-AI/Wan2.1-T2V-14B-Diffusers", "wan21", "pipeline",
-                                 "Wan 2.1 text-to-video 14B, 480p and 720p", 48),
+                                 "Wan 2.1 text-to-video 14B, 480p and 720p", 60),
     "wan2.1-i2v-14b-480p": KnownModel("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "wan21",
-                                      "pipeline", "Wan 2.1 image-to-video 14B, 480p", 50),
+                                      "pipeline", "Wan 2.1 image-to-video 14B, 480p", 65),
     "wan2.2-ti2v-5b": KnownModel("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan22_ti2v", "pipeline",
-                                 "Wan 2.2 text- and image-to-video 5B, 720p at 24 fps", 24),
+                                 "Wan 2.2 text- and image-to-video 5B, 720p at 24 fps", 30),
     "ltx-video": KnownModel("Lightricks/LTX-Video", "ltx", "pipeline",
-                            "LTX-Video 2B, fast text- and image-to-video", 16),
+                            "LTX-Video 2B, fast text- and image-to-video", 20),
     "wan2.1-distill-loras": KnownModel("lightx2v/Wan2.1-Distill-Loras", "wan21", "lora",
                                        "lightx2v 4-step distillation LoRAs, Wan 2.1 14B", 1),
     # For Wan 2.2 A14B (high- and low-noise experts), which the lightx2v engine serves.
