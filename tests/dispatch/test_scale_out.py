@@ -100,14 +100,27 @@ def test_200_tasks_on_3_workers_with_one_killed(cluster: Cluster) -> None:
     cluster.start(workers=3)
     ids = [cluster.create(i) for i in range(200)]
     api = cluster.apis[0]
-    # Kill the worker running a task, mid-task.
+    # Kill the worker running a task, mid-task: frozen first (SIGSTOP), so the task is known
+    # to be still its own when the SIGKILL lands (on a loaded machine a short task can finish
+    # between the read and the kill).
     victim_task = None
     deadline = time.monotonic() + 60
     while victim_task is None and time.monotonic() < deadline:
-        rows = api.sql("SELECT id, worker_id FROM tasks WHERE status = 'processing'")
-        if rows:
-            victim_task, worker_id = rows[0]
-            os.kill(worker_pid(str(worker_id)), signal.SIGKILL)
+        for task_id, worker_id in api.sql(
+            "SELECT id, worker_id FROM tasks WHERE status = 'processing'"
+        ):
+            pid = worker_pid(str(worker_id))
+            os.kill(pid, signal.SIGSTOP)
+            still = api.sql(
+                "SELECT 1 FROM tasks WHERE id = :id AND status = 'processing' AND worker_id = :w",
+                id=task_id,
+                w=worker_id,
+            )
+            if still:
+                os.kill(pid, signal.SIGKILL)
+                victim_task = task_id
+                break
+            os.kill(pid, signal.SIGCONT)
         else:
             time.sleep(0.01)
     assert victim_task is not None
