@@ -215,9 +215,9 @@ async def create_video(request: Request) -> JSONResponse:
     key = await authenticate_async(request, bearer_token(request))
     raw = await request.body()
     inbox = ImageInbox(runtime.uploads, key.id, runtime.settings)
-    # A small body without an upload cannot need a thread (storing a data: URL, or looking up
-    # an upload, blocks).
-    if len(raw) <= 4096 and b"upload:" not in raw:
+    # A small body without an image of ours cannot need a thread (storing a data: URL in the
+    # store, or looking up an upload, blocks).
+    if len(raw) <= 4096 and b"upload:" not in raw and b"data:" not in raw:
         create = parse_create_request(raw, runtime.settings, inbox)
     else:
         create = await run_in_threadpool(parse_create_request, raw, runtime.settings, inbox)
