@@ -10,7 +10,7 @@ import contextvars
 import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, fields, replace
 from functools import partial
@@ -39,17 +39,25 @@ def body_limit(settings: Settings) -> int:
     return settings.image_max_bytes * 4 // 3 + 64 * 1024
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(
+    request: Request, limit: int, *, what: str = "The request body", param: str | None = None
+) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    too_large = ApiError(413, "request_too_large", f"{what} is over {limit} bytes.", param=param)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "request_too_large", f"The request body is over {limit} bytes.")
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, "request_too_large", f"The request body is over {limit} bytes.")
+            raise too_large
     return bytes(body)
+
+
+async def replay(data: bytes) -> AsyncGenerator[bytes, None]:
+    """A body already read, as the stream a form parser wants."""
+    yield data
 
 
 def _is_loopback_http(url: str) -> bool:

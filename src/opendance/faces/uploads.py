@@ -13,7 +13,6 @@ Its bytes live in the store, so a worker on another host reads them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Any
 
@@ -23,6 +22,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from opendance.faces.auth import CurrentKey
+from opendance.faces.common import read_body, replay
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, ApiError, error_responses
 from opendance.faces.images import ImageInbox, save_upload
@@ -32,26 +32,6 @@ router = APIRouter(tags=["Files"], responses=KEY_ERRORS)
 
 #: Room for the multipart framing and the small fields around the file.
 _FORM_OVERHEAD = 64 * 1024
-
-
-async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
-    yield data
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    too_large = ApiError(
-        413, "request_too_large", f"The upload is over {limit} bytes.", param="file"
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
 
 
 @router.post(
@@ -112,10 +92,12 @@ async def upload_file(request: Request, key: CurrentKey) -> dict[str, Any]:
             "Send the image as multipart/form-data with the file in the field 'file'.",
             param="file",
         )
-    raw = await read_capped(request, settings.image_max_bytes + _FORM_OVERHEAD)
+    raw = await read_body(
+        request, settings.image_max_bytes + _FORM_OVERHEAD, what="The upload", param="file"
+    )
     try:
         form = await MultiPartParser(
-            request.headers, _once(raw), max_files=1, max_fields=8, max_part_size=_FORM_OVERHEAD
+            request.headers, replay(raw), max_files=1, max_fields=8, max_part_size=_FORM_OVERHEAD
         ).parse()
     except MultiPartException as error:
         raise ApiError(400, "invalid_request", f"Malformed form body: {error.message}") from None

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -83,25 +83,24 @@ class LocalBlobs:
         return path
 
     def put_file(self, key: str, source: Path, content_type: str) -> None:
-        target = self.local_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-        try:
+        def write(staging: Path) -> None:
             shutil.copyfile(source, staging)
             with open(staging, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(staging, target)
-        except OSError as exc:
-            raise StorageError(f"cannot write {key}: {exc}") from exc
-        finally:
-            staging.unlink(missing_ok=True)
+
+        self._write(key, write)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._write(key, lambda staging: staging.write_bytes(data))
+
+    def _write(self, key: str, write: Callable[[Path], object]) -> None:
+        """Write a temporary file beside the target, then rename it into place: whole or not
+        at all."""
         target = self.local_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         try:
-            staging.write_bytes(data)
+            write(staging)
             os.replace(staging, target)
         except OSError as exc:
             raise StorageError(f"cannot write {key}: {exc}") from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
 
@@ -23,6 +23,7 @@ from opendance.faces.common import (
     body_limit,
     check_callback_url,
     read_body,
+    replay,
     resolve_model,
     with_face,
 )
@@ -95,10 +96,6 @@ def owns_path(path: str) -> bool:
 # Request bodies: multipart (what the SDK always sends), urlencoded or JSON, read with a cap
 
 
-async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
-    yield data
-
-
 async def parse_fields(request: Request, raw: bytes, limit: int) -> dict[str, Any]:
     """The create fields of a multipart, urlencoded or JSON body, as a dict (first value wins).
 
@@ -111,11 +108,11 @@ async def parse_fields(request: Request, raw: bytes, limit: int) -> dict[str, An
         try:
             if content_type == "multipart/form-data":
                 form = await MultiPartParser(
-                    request.headers, _once(raw), max_files=4, max_fields=64, max_part_size=limit
+                    request.headers, replay(raw), max_files=4, max_fields=64, max_part_size=limit
                 ).parse()
             else:
                 form = await FormParser(
-                    request.headers, _once(raw), max_fields=64, max_part_size=limit
+                    request.headers, replay(raw), max_fields=64, max_part_size=limit
                 ).parse()
         except MultiPartException as error:
             raise ApiError(
