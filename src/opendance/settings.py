@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
 
+    @field_validator("storage_url")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        if value and not (value.startswith("s3://") and len(value) > len("s3://")):
+            raise ValueError("storage_url must be s3://bucket/prefix, or empty for data_dir")
+        return value or None
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -124,3 +124,12 @@ def test_help_shows_flags_without_a_value_type() -> None:
     shown = _opendance(dict(os.environ, COLUMNS="100"), "--help")
     assert "--install-completion" in shown.stdout
     assert "<bool>" not in shown.stdout
+
+
+def test_a_storage_url_of_an_unknown_kind_is_one_line(tmp_path: Path) -> None:
+    env = _env(tmp_path, free_port(), OPENDANCE_STORAGE_URL="ftp://bucket/results")
+    for args in (["config", "check"], ["serve"]):
+        refused = _opendance(env, *args)
+        assert refused.returncode == 2, refused.stderr
+        (line,) = _lines(refused.stderr)
+        assert "storage_url must be s3://bucket/prefix" in line

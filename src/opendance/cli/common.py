@@ -87,6 +87,7 @@ def load_settings(config: Path | None, **overrides: Any) -> Settings:
             f"opendance: invalid configuration: {describe_failure(exc, prefix='')}",
             highlight=False,
             soft_wrap=True,
+            markup=False,
         )
         raise typer.Exit(2) from None
 

@@ -76,13 +76,19 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _refuse_bad_routes(settings: Settings) -> None:
-    """Exit with one line per broken route, before anything starts."""
+    """Exit with one line per broken route (and for a store that cannot be opened: the s3
+    extra missing), before anything starts."""
     from opendance.engines.routing import check_routes
+    from opendance.media.blobs import StorageError, open_blobs
 
-    problems = check_routes(settings)
-    for problem in problems:
-        err_console.print(f"opendance: {problem.line()}", highlight=False, soft_wrap=True)
-    if problems:
+    lines = [problem.line() for problem in check_routes(settings)]
+    try:
+        open_blobs(settings.storage_url, settings.data_dir, settings.s3_endpoint_url)
+    except StorageError as exc:
+        lines.append(f"storage_url {settings.storage_url}: {exc}")
+    for line in lines:
+        err_console.print(f"opendance: {line}", highlight=False, soft_wrap=True, markup=False)
+    if lines:
         raise typer.Exit(2)
 
 

@@ -247,6 +247,4 @@ def open_blobs(storage_url: str | None, data_dir: Path, endpoint_url: str | None
     parts = urlsplit(storage_url)
     if parts.scheme == "s3" and parts.netloc:
         return S3Blobs(parts.netloc, parts.path, endpoint_url=endpoint_url)
-    if parts.scheme == "file":
-        return LocalBlobs(Path(parts.path))
     raise ValueError(f"storage_url must be s3://bucket/prefix or empty, not {storage_url!r}")
