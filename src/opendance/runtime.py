@@ -92,6 +92,8 @@ class Runtime:
                 lambda: self.service.sweep_expired_results(self.results.delete),
             ),
             (60.0, self.registry.prune),
+            # Deadlines are an hour or more; a task expires within seconds of its deadline.
+            (5.0, self.service.expire_overdue),
             (3600.0, self.service.sweep_idempotency_keys),
             (3600.0, self.uploads.sweep),
             *(extra_jobs or []),

@@ -23,6 +23,14 @@ from pydantic_settings import (
 
 DEFAULT_MODEL = "doubao-seedance-1.0-pro-fast"
 
+#: Service tiers in the order they are served: a `flex` task runs only when no `default` task of
+#: its model waits (Ark's tiers; the index in this tuple is the task's stored `tier`).
+SERVICE_TIERS = ("default", "flex")
+
+#: The range of a task's deadline (`execution_expires_after`), in seconds from creation: Ark's.
+DEADLINE_MIN_SECONDS = 3600
+DEADLINE_MAX_SECONDS = 259200
+
 
 class RouteEngine(BaseModel):
     """One engine behind a public model name: its kind and the options that kind understands."""
@@ -129,6 +137,48 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Pending + processing tasks a key may have (429 beyond)."
     )
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+    fair_share_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of each model's queue per key group (default 1 each): a group with "
+        "weight 2 gets twice the GPU time of a weight-1 group while both have tasks waiting.",
+    )
+    flex_price_ratio: Decimal = Field(
+        default=Decimal("0.5"),
+        gt=0,
+        le=1,
+        description="The price of a flex-tier task, as a fraction of the default tier's "
+        "(rounded up to whole credits).",
+    )
+    execution_expires_after: dict[str, int] = Field(
+        default_factory=dict,
+        description="Server default deadline per tier, in seconds from creation, for tasks "
+        "that do not set one: a task not started by then ends expired, refunded.",
+    )
+
+    @field_validator("fair_share_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for group, weight in value.items():
+            if not weight > 0:
+                raise ValueError(f"fair_share_weights[{group!r}] must be above 0")
+        return value
+
+    @field_validator("execution_expires_after")
+    @classmethod
+    def _deadline_range(cls, value: dict[str, int]) -> dict[str, int]:
+        for tier, seconds in value.items():
+            if tier not in SERVICE_TIERS:
+                raise ValueError(
+                    f"execution_expires_after: unknown tier {tier!r} (tiers: "
+                    + ", ".join(SERVICE_TIERS)
+                    + ")"
+                )
+            if not DEADLINE_MIN_SECONDS <= seconds <= DEADLINE_MAX_SECONDS:
+                raise ValueError(
+                    f"execution_expires_after[{tier!r}] must be {DEADLINE_MIN_SECONDS}.."
+                    f"{DEADLINE_MAX_SECONDS} seconds"
+                )
+        return value
 
     @field_validator("storage_url")
     @classmethod

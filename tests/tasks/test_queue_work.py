@@ -90,9 +90,9 @@ def test_a_stale_snapshot_answers_while_one_thread_reads_the_next(tmp_path: Path
         key = KeyInfo(id=key_id, group="default")
         task = runtime.service.create_task(key, request())
         work = QueuedWork(max_age=1.0, clock=clock.now)
-        seq = 10**18  # behind everything
+        behind_all = (0, float(10**18), 10**18)  # a place behind everything
         with runtime.db.connect() as connection:
-            stale = work.ahead(connection, MODEL, seq)
+            stale = work.ahead(connection, MODEL, behind_all)[0]
         assert stale == own_seconds(runtime, task.id)
         runtime.service.create_task(key, request())
         clock.advance(1.0)
@@ -109,7 +109,7 @@ def test_a_stale_snapshot_answers_while_one_thread_reads_the_next(tmp_path: Path
 
         def reader() -> None:
             with runtime.db.connect() as connection:
-                fresh.append(work.ahead(connection, MODEL, seq))
+                fresh.append(work.ahead(connection, MODEL, behind_all)[0])
 
         thread = threading.Thread(target=reader, name="reader")
         thread.start()
@@ -117,7 +117,7 @@ def test_a_stale_snapshot_answers_while_one_thread_reads_the_next(tmp_path: Path
             assert reading.wait(10)
             # The reader holds the model's load; this answer comes from the old snapshot.
             with runtime.db.connect() as connection:
-                assert work.ahead(connection, MODEL, seq) == stale
+                assert work.ahead(connection, MODEL, behind_all)[0] == stale
         finally:
             release.set()
             thread.join(10)

@@ -1,14 +1,23 @@
 """Scale-out dispatch on procrastinate (PostgreSQL): API replicas defer, GPU workers run.
 
-procrastinate carries "run task X" messages: one queue per model (so a worker takes only the
+procrastinate carries one job per queued task: one queue per model (so a worker takes only the
 models it has loaded), LISTEN/NOTIFY for low dispatch latency, worker heartbeats, concurrency
-and graceful shutdown. The task row stays the source of truth: a job only *offers* a task, the
-worker claims it with the same conditional update as the single-machine dispatcher, so a
-duplicate or stale job is harmless (it finds the task no longer pending and returns). Task
-leases, cancel and re-queue after a lost worker work exactly as on one machine; a re-queued
-task is simply deferred again, and a periodic pass re-defers any pending task whose job was
-lost (a crash between the commit and the defer), with procrastinate's queueing lock keeping
-one waiting job per task.
+and graceful shutdown. The task row stays the source of truth, and a job means "a task of this
+model is waiting", not "run task X": the worker that takes it claims the model's *fairest*
+pending task (`TaskService.claim_next`, the single-machine dispatcher's claim: tier, then fair
+share between keys), which may be another key's. So the order is the database's, not the order
+the jobs were deferred in, and:
+
+- never lost: every pending task was deferred one job, and a job claims at most one task, so
+  while a task waits some job of its model waits too (the one deferred with it, or that of the
+  task it stood in for, whose own job it consumed);
+- never run twice: the claim is a conditional update, so a duplicate, stale or surplus job
+  (its task cancelled, expired or claimed by an earlier job) finds nothing and returns.
+
+Task leases, cancel and re-queue after a lost worker work exactly as on one machine; a
+re-queued task is simply deferred again, and a periodic pass re-defers any pending task left
+waiting (a crash between the commit and the defer), with procrastinate's queueing lock keeping
+one waiting job per task id.
 """
 
 from __future__ import annotations
@@ -65,11 +74,11 @@ def _make_app(conninfo: str) -> tuple[procrastinate.App, Any]:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
 
     @app.task(name=TASK_NAME, pass_context=True)
-    async def run_task(context: Any, task_id: str) -> None:
+    async def run_task(context: Any, task_id: str, model: str | None = None) -> None:
         handler = context.additional_context.get("opendance_handler")
         if handler is None:
             raise RuntimeError("this app defers jobs; it cannot run them")
-        await handler(task_id)
+        await handler(task_id, model)
 
     return app, run_task
 
@@ -101,7 +110,7 @@ class JobDeferrer:
         # AlreadyEnqueued: a job for this task is already waiting, which is all we want.
         with contextlib.suppress(procrastinate_errors.AlreadyEnqueued):
             self._task.configure(queue=queue_for(model), queueing_lock=task_id).defer(
-                task_id=task_id
+                task_id=task_id, model=model
             )
 
     def redefer_pending(self) -> None:
@@ -136,12 +145,19 @@ class ProcrastinateWorker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.app, _ = _make_app(libpq_url(database_url))
 
-    async def _handle(self, task_id: str) -> None:
-        claimed = await asyncio.to_thread(self.service.claim_task, task_id, self.worker_id)
-        if claimed is None:
-            log.debug("job for %s: not pending any more, nothing to do", task_id)
+    async def _handle(self, task_id: str, model: str | None) -> None:
+        """A job of `model`'s queue: claim that model's next task in fair order (the job's own
+        `task_id`, or the task that is due before it)."""
+        if model is None:  # a job deferred before jobs named their model
+            view = await asyncio.to_thread(self.service.get_task_unscoped, task_id)
+            model = view.requested_model if view is not None else None
+        if model is None or model not in self.models:
             return
-        log.info("worker %s runs task %s (attempt %d)", self.worker_id, task_id, claimed.attempt)
+        claimed = await asyncio.to_thread(self.service.claim_next, self.worker_id, [model])
+        if claimed is None:
+            log.debug("job for %s: no %s task is waiting, nothing to do", task_id, model)
+            return
+        log.info("worker %s runs task %s (attempt %d)", self.worker_id, claimed.id, claimed.attempt)
         try:
             await asyncio.shield(asyncio.to_thread(self.runner.run, claimed))
         except asyncio.CancelledError:

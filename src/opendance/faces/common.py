@@ -55,6 +55,17 @@ async def read_body(
     return bytes(body)
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object, or the 400 that says what it is not."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return data
+
+
 async def replay(data: bytes) -> AsyncGenerator[bytes, None]:
     """A body already read, as the stream a form parser wants."""
     yield data

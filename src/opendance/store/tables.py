@@ -90,6 +90,14 @@ class Task(Base):
         Index("ix_tasks_key_created", "api_key_id", "created_seq"),
         # The per-key unfinished-task count of every create, from the index alone.
         Index("ix_tasks_key_status", "api_key_id", "status"),
+        # The claim: the next task of a model in fair order is the first entry of this index.
+        Index(
+            "ix_tasks_fair_claim", "status", "requested_model", "tier", "fair_tag", "created_seq"
+        ),
+        # Waiting tasks past their deadline, for the expiry sweep.
+        Index("ix_tasks_status_expires", "status", "expires_at"),
+        # What changed since a moment ago (the change feed's poll on SQLite).
+        Index("ix_tasks_updated_at", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -133,6 +141,12 @@ class Task(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Scheduling (see `opendance.tasks.fair_queue`): the service tier (an index into
+    # `settings.SERVICE_TIERS`: 0 default, 1 flex), the start tag of start-time fair queuing
+    # within the key's flow, and the deadline by which the task must have started.
+    tier: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    fair_tag: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    expires_at: Mapped[float | None] = mapped_column(Float)
     # The API face the task came through (seed, openai, ark): its callbacks use that format.
     face: Mapped[str] = mapped_column(String(16), default="seed", server_default="seed")
     # When the key deleted the task (an OpenAI or Ark DELETE). Key-scoped reads then treat it as
@@ -225,3 +239,28 @@ class Upload(Base):
     filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class FairShare(Base):
+    """Per model, tier and key: the finish tag of the key's last queued task (its flow).
+
+    A new task of the key starts where the flow ends, or at the queue's virtual time if the key
+    was idle, so a key's backlog queues behind itself and not ahead of other keys.
+    """
+
+    __tablename__ = "fair_shares"
+
+    requested_model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tier: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    finish_tag: Mapped[float] = mapped_column(Float)
+
+
+class QueueClock(Base):
+    """Per model and tier: the virtual time, the start tag of the task claimed last."""
+
+    __tablename__ = "queue_clocks"
+
+    requested_model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tier: Mapped[int] = mapped_column(Integer, primary_key=True)
+    virtual_time: Mapped[float] = mapped_column(Float)

@@ -4,6 +4,7 @@ Idempotency-Key semantics.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -12,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 
 from opendance.engines.base import EngineError, EngineUnavailable, VideoRequest
 from opendance.media.sizes import IMAGE_ONLY_RATIOS
+from opendance.settings import DEADLINE_MAX_SECONDS, DEADLINE_MIN_SECONDS, SERVICE_TIERS
 from opendance.store.tables import ApiKey, IdempotencyKey, Task
-from opendance.tasks import ledger
+from opendance.tasks import fair_queue, ledger
 from opendance.tasks.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
@@ -64,10 +66,21 @@ class TaskCreation(TaskLifecycle):
             return self._last_seq
 
     def quote(self, group: str, request: CreateTask) -> int:
-        """The price of a request for a key of this price group, in whole credits."""
+        """The price of a request for a key of this price group, in whole credits (a flex
+        task: `flex_price_ratio` of the default tier's price, rounded up)."""
         # A routed model without its own price uses the default model's rates.
         model = self.prices.priced_as(request.model)
-        return self.prices.price(model, request.quality, request.duration, group)
+        price = self.prices.price(model, request.quality, request.duration, group)
+        if request.service_tier == "flex":
+            return int(math.ceil(price * self.settings.flex_price_ratio))
+        return price
+
+    def _deadline(self, request: CreateTask, created: int) -> float | None:
+        """When the task must have started by: the request's, else the tier's default."""
+        after = request.execution_expires_after
+        if after is None:
+            after = self.settings.execution_expires_after.get(request.service_tier)
+        return None if after is None else float(created + after)
 
     def create_task(self, key: KeyInfo, request: CreateTask) -> TaskView:
         """Price, reserve and store a task, all in one transaction, before anyone hears of it."""
@@ -90,6 +103,18 @@ class TaskCreation(TaskLifecycle):
         if "\x00" in request.prompt:
             raise InvalidRequest(
                 "Invalid 'prompt': must not contain NUL characters.", param="prompt"
+            )
+        if request.service_tier not in SERVICE_TIERS:
+            raise InvalidRequest(
+                f"Invalid 'service_tier': must be one of {', '.join(SERVICE_TIERS)}.",
+                param="service_tier",
+            )
+        after = request.execution_expires_after
+        if after is not None and not DEADLINE_MIN_SECONDS <= after <= DEADLINE_MAX_SECONDS:
+            raise InvalidRequest(
+                "Invalid 'execution_expires_after': must be an integer from "
+                f"{DEADLINE_MIN_SECONDS} to {DEADLINE_MAX_SECONDS} (seconds).",
+                param="execution_expires_after",
             )
         if idempotency_key is not None:
             existing = self._idempotent_task(key.id, idempotency_key, request_hash)
@@ -183,6 +208,15 @@ class TaskCreation(TaskLifecycle):
                     )
                 )
             ledger.reserve(connection, key.id, task_id, price, now)
+            tier = SERVICE_TIERS.index(request.service_tier)
+            weight = self.settings.fair_share_weights.get(group, 1.0)
+            tag = fair_queue.start_tag(
+                connection,
+                model=request.model,
+                tier=tier,
+                key_id=key.id,
+                cost=fair_queue.cost_of(estimate, weight),
+            )
             values: dict[str, Any] = {
                 "id": task_id,
                 "created_seq": seq,
@@ -211,10 +245,16 @@ class TaskCreation(TaskLifecycle):
                 "estimated_seconds": estimate,
                 "attempts": 0,
                 "face": request.face,
+                "tier": tier,
+                "fair_tag": tag,
+                "expires_at": self._deadline(request, created),
             }
             # The answer says pending, as created, before any worker hears of it; its estimate
-            # counts the queue as it stands before this task joins it.
-            estimated_time = self._pending_estimate(connection, request.model, seq, estimate)
+            # counts the tasks that start before it.
+            place = (tier, tag, seq)
+            estimated_time, position = self._pending_estimate(
+                connection, request.model, place, estimate
+            )
             connection.execute(_INSERT_TASK, values)
             if idempotency_key is not None:
                 connection.execute(
@@ -227,11 +267,13 @@ class TaskCreation(TaskLifecycle):
                         "created_at": now,
                     },
                 )
-        self.queued_work.added(request.model, seq, estimate)
+        self.queued_work.added(request.model, place, estimate)
         view = TaskView(
             **{name: values[name] for name in _VIEW_COLUMNS},
             status=Status.PENDING,
+            service_tier=request.service_tier,
             estimated_time=estimated_time,
+            queue_position=position,
             result_file=None,
             result_expires_at=None,
             error_code=None,

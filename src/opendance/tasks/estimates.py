@@ -1,5 +1,6 @@
-"""How long a task will take: its own estimate, the work queued before it, the live lanes of
-its model and the measured speed of recent tasks (`estimated_time` on every face).
+"""How long a task will take: its own estimate, the work that starts before it, the live lanes
+of its model and the measured speed of recent tasks (`estimated_time` on every face), and its
+place in the queue (`queue_position`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 from sqlalchemy import Connection, select
 
 from opendance.store.tables import Task
+from opendance.tasks.queue_snapshot import QueueKey
 from opendance.tasks.service_core import (
     ServiceCore,
     TaskRow,
@@ -17,21 +19,26 @@ from opendance.tasks.states import TERMINAL, Status
 
 
 class TaskEstimates(ServiceCore):
-    def _estimated_time(self, connection: Connection, row: TaskRow) -> int:
-        """Seconds until done: the engine's estimate, plus the work queued ahead for the model."""
+    def _queue_place(self, connection: Connection, row: TaskRow) -> tuple[int, int | None]:
+        """(`estimated_time`, `queue_position`): seconds until done (the engine's estimate, plus
+        the work that starts before it), and for a pending task how many start before it."""
         if row.status in TERMINAL:
-            return 0
+            return 0, None
         own = row.estimated_seconds
         if row.status == Status.PROCESSING:
-            return max(1, math.ceil(own * (100 - row.progress) / 100))
-        return self._pending_estimate(connection, row.requested_model, row.created_seq, own)
+            return max(1, math.ceil(own * (100 - row.progress) / 100)), None
+        key: QueueKey = (row.tier, row.fair_tag, row.created_seq)
+        return self._pending_estimate(connection, row.requested_model, key, own)
 
-    def _pending_estimate(self, connection: Connection, model: str, seq: int, own: float) -> int:
-        """A pending task's estimate: the work ahead shared by the live lanes, then its own."""
-        ahead = self.queued_work.ahead(connection, model, seq)
+    def _pending_estimate(
+        self, connection: Connection, model: str, key: QueueKey, own: float
+    ) -> tuple[int, int]:
+        """A pending task's estimate (the work ahead shared by the live lanes, then its own)
+        and its queue position."""
+        ahead, position = self.queued_work.ahead(connection, model, key)
         lanes = self._lanes(connection, model)
         factor = self._speed_factor(connection, model)
-        return max(1, math.ceil((ahead / max(1, lanes) + own) * factor))
+        return max(1, math.ceil((ahead / max(1, lanes) + own) * factor)), position
 
     def _lanes(self, connection: Connection, model: str) -> int:
         """Live lanes for the model (cached for a second: heartbeats are seconds apart)."""

@@ -12,16 +12,18 @@ from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from opendance.callbacks import outbox
 from opendance.engines.base import VideoPlan
 from opendance.store.tables import Task
-from opendance.tasks import ledger
+from opendance.tasks import fair_queue, ledger
 from opendance.tasks.errors import (
     TaskNotCancellable,
     TaskNotFound,
 )
 from opendance.tasks.models import (
+    EXPIRED,
     Cancelled,
     ClaimedTask,
     Completed,
@@ -58,26 +60,31 @@ class TaskLifecycle(TaskReads):
         return self.get_task(key_id, task_id)
 
     def claim_next(self, worker_id: str, models: Collection[str]) -> ClaimedTask | None:
-        """Take the oldest pending task of the given models, with a fresh lease."""
+        """Take the next pending task of the given models, with a fresh lease.
+
+        Within a model, fair order (`fair_queue`: tier, then the key's share); between models,
+        the one whose next task has waited longest.
+        """
         if not models:
             return None
+        now = self.clock.now()
         with self.db.write() as session:
-            candidate = (
-                select(Task.id)
-                .where(Task.status == Status.PENDING, Task.requested_model.in_(list(models)))
-                .order_by(Task.created_seq)
-                .limit(1)
-            )
-            if not self.db.is_sqlite:
-                candidate = candidate.with_for_update(skip_locked=True)
-            task_id = session.execute(candidate).scalar_one_or_none()
-            claimed = None if task_id is None else self._claim(session, task_id, worker_id)
+            heads = []
+            for model in dict.fromkeys(models):
+                query = fair_queue.next_pending(model, now, for_update=not self.db.is_sqlite)
+                head = session.execute(query).first()
+                if head is not None:
+                    heads.append(head)
+            if not heads:
+                return None
+            task_id = min(heads, key=lambda head: (head.tier, head.created_seq)).id
+            claimed = self._claim(session, task_id, worker_id)
         if claimed is not None:
             self._changed(claimed.id)
         return claimed
 
     def claim_task(self, task_id: str, worker_id: str) -> ClaimedTask | None:
-        """Take one given task if it is still pending (a queue engine delivered its job)."""
+        """Take one given task if it is still pending."""
         with self.db.write() as session:
             claimed = self._claim(session, task_id, worker_id)
         if claimed is not None:
@@ -103,6 +110,9 @@ class TaskLifecycle(TaskReads):
         ).scalar_one_or_none()
         if row is None:
             return None
+        fair_queue.advance_clock(
+            session.connection(), model=row.requested_model, tier=row.tier, tag=row.fair_tag
+        )
         if self.metrics is not None and row.attempts == 1:
             waited = now - row.created_seq / 1_000_000
             self.metrics.task_queue_seconds.labels(row.requested_model).observe(max(0.0, waited))
@@ -221,6 +231,26 @@ class TaskLifecycle(TaskReads):
             self._notify(self.on_created, task_id)
         return requeued
 
+    def expire_overdue(self, limit: int = 500) -> int:
+        """End the tasks that did not start by their deadline: failed `expired`, refunded, with
+        their callback. A task that started (running, or handed back) never expires."""
+        now = self.clock.now()
+        overdue = (Task.status == Status.PENDING, Task.started_at.is_(None), Task.expires_at < now)
+        with self.db.read() as session:
+            task_ids = list(
+                session.execute(
+                    select(Task.id).where(*overdue).order_by(Task.expires_at).limit(limit)
+                ).scalars()
+            )
+        expired = 0
+        for task_id in task_ids:
+            outcome = Failed(
+                EXPIRED, "The task did not start before its deadline (execution_expires_after)."
+            )
+            if self._finish(task_id, outcome, from_statuses={Status.PENDING}, only_if=overdue):
+                expired += 1
+        return expired
+
     def reap_expired_leases(self) -> int:
         """Re-queue tasks whose worker went silent; fail (and refund) them past max_attempts."""
         now = self.clock.now()
@@ -254,8 +284,10 @@ class TaskLifecycle(TaskReads):
         *,
         from_statuses: Collection[Status],
         lease_token: str | None = None,
+        only_if: Collection[ColumnElement[bool]] = (),
     ) -> bool:
-        """Move a task to its terminal state with its ledger entry, atomically, at most once."""
+        """Move a task to its terminal state with its ledger entry, atomically, at most once
+        (and only while the conditions `only_if` hold, if any)."""
         now = self.clock.now()
         values: dict[str, Any] = {
             "status": outcome.status,
@@ -279,7 +311,7 @@ class TaskLifecycle(TaskReads):
         elif isinstance(outcome, Failed):
             values.update(error_code=outcome.code, error_message=outcome.message)
         statement = update(Task).where(
-            Task.id == task_id, Task.status.in_([str(s) for s in from_statuses])
+            Task.id == task_id, Task.status.in_([str(s) for s in from_statuses]), *only_if
         )
         if lease_token is not None:
             statement = statement.where(Task.lease_token == lease_token)

@@ -7,6 +7,9 @@ from typing import Any
 
 from opendance.tasks.states import Status
 
+#: The error code of a task that did not start by its deadline (Ark's status `expired`).
+EXPIRED = "expired"
+
 
 @dataclass(frozen=True)
 class KeyInfo:
@@ -31,6 +34,11 @@ class CreateTask:
     seed: int | None = None
     #: The API face the task came through: "seed", "openai" or "ark" (its callback's format).
     face: str = "seed"
+    #: "default", or "flex": runs only when no default task of its model waits, cheaper.
+    service_tier: str = "default"
+    #: Seconds from creation by which the task must have started, else it expires (refunded);
+    #: None: the server's default for the tier, if any.
+    execution_expires_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,21 @@ class TaskView:
     error_message: str | None
     usage: dict[str, Any] | None = None
     face: str = "seed"
+    service_tier: str = "default"
+    #: The deadline to start by (unix seconds), if any.
+    expires_at: float | None = None
+    #: Pending tasks of the model that start before this one (None unless pending).
+    queue_position: int | None = None
+
+    @property
+    def execution_expires_after(self) -> int | None:
+        """The deadline as Ark states it: seconds from creation."""
+        return None if self.expires_at is None else round(self.expires_at - self.created)
+
+    @property
+    def expired(self) -> bool:
+        """Ended because it did not start by its deadline (refunded)."""
+        return self.status == Status.FAILED and self.error_code == EXPIRED
 
     @property
     def can_cancel(self) -> bool:

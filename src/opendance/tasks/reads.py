@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, or_, select
 
+from opendance.settings import SERVICE_TIERS
 from opendance.store.tables import Task
 from opendance.tasks.errors import (
     TaskNotFound,
 )
 from opendance.tasks.estimates import TaskEstimates
 from opendance.tasks.models import (
+    EXPIRED,
     TaskView,
 )
 from opendance.tasks.service_core import (
@@ -77,10 +79,13 @@ class TaskReads(TaskEstimates):
             return views, len(rows) > limit
 
     def _view(self, connection: Connection, row: TaskRow) -> TaskView:
+        estimated_time, queue_position = self._queue_place(connection, row)
         return TaskView(
             **{name: getattr(row, name) for name in _VIEW_COLUMNS},
             status=Status(row.status),
-            estimated_time=self._estimated_time(connection, row),
+            service_tier=SERVICE_TIERS[row.tier],
+            estimated_time=estimated_time,
+            queue_position=queue_position,
             result_file=row.result_file,
             result_expires_at=row.result_expires_at,
             error_code=row.error_code,
@@ -97,14 +102,15 @@ class TaskReads(TaskEstimates):
         statuses: Collection[Status] | None = None,
         task_ids: Collection[str] | None = None,
         models: Collection[str] | None = None,
+        service_tier: str | None = None,
+        expired: bool | None = None,
     ) -> tuple[list[TaskView], int]:
         """A page of a key's tasks, newest first, filtered; and how many match in all.
 
         For faces with numbered pages and filters (Ark). `models` matches the requested model
-        name or the model that ran the task.
+        name or the model that ran the task; `expired` True keeps only the tasks that expired
+        before they started, False leaves them out.
         """
-        from sqlalchemy import or_
-
         conditions = [Task.api_key_id == key_id, Task.deleted_at.is_(None)]
         if statuses:
             conditions.append(Task.status.in_([str(s) for s in statuses]))
@@ -118,6 +124,13 @@ class TaskReads(TaskEstimates):
             if not names:
                 return [], 0
             conditions.append(or_(Task.requested_model.in_(names), Task.model.in_(names)))
+        if service_tier is not None:
+            conditions.append(Task.tier == SERVICE_TIERS.index(service_tier))
+        if expired is not None:
+            is_expired = Task.error_code == EXPIRED
+            conditions.append(
+                is_expired if expired else or_(Task.error_code.is_(None), ~is_expired)
+            )
         with self.db.read() as session:
             total = session.execute(
                 select(func.count()).select_from(Task).where(*conditions)

@@ -65,6 +65,7 @@ _VIEW_COLUMNS = (
     "credits",
     "user_group",
     "face",
+    "expires_at",
 )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from opendance.faces.ark.requests import (
     ARK_STATUS,
-    EXECUTION_EXPIRES_AFTER,
+    EXPIRED_STATUS,
     FPS,
 )
 from opendance.media.sizes import NAMED_RATIOS, nearest_named_ratio
@@ -47,7 +47,7 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": view.id,
         "model": view.model,
-        "status": ARK_STATUS[view.status],
+        "status": EXPIRED_STATUS if view.expired else ARK_STATUS[view.status],
         "error": None,
         "content": None,
         "usage": {
@@ -66,8 +66,8 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
         "duration": view.duration,
         "frames": view.frames,
         "framespersecond": view.fps or FPS,
-        "service_tier": "default",
-        "execution_expires_after": EXECUTION_EXPIRES_AFTER,
+        "service_tier": view.service_tier,
+        "execution_expires_after": view.execution_expires_after,
         "generate_audio": False,
         "draft": False,
     }
@@ -75,6 +75,8 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
         body["content"] = {"video_url": results.url(view.id, int(view.result_expires_at))}
     if view.status == Status.FAILED:
         body["error"] = {"code": view.error_code, "message": view.error_message}
+    if view.queue_position is not None:
+        body["queue_position"] = view.queue_position  # opendance extension
     return body
 
 

@@ -19,7 +19,12 @@ from opendance.faces.common import (
 from opendance.faces.errors import ApiError, route_class_answering_with
 from opendance.faces.images import ImageInbox, image_reference
 from opendance.media.sizes import NAMED_RATIOS, QUALITIES
-from opendance.settings import Settings
+from opendance.settings import (
+    DEADLINE_MAX_SECONDS,
+    DEADLINE_MIN_SECONDS,
+    SERVICE_TIERS,
+    Settings,
+)
 from opendance.tasks.models import CreateTask
 from opendance.tasks.states import Status
 
@@ -28,7 +33,7 @@ PREFIX: Final[str] = "/api/v3/contents/generations/tasks"
 DEFAULT_DURATION: Final[int] = 5
 DEFAULT_RESOLUTION: Final[str] = "1080p"
 FPS: Final[int] = 24
-#: Ark's default for `execution_expires_after` (48 h), reported as is.
+#: Ark's default for `execution_expires_after` (48 h), where the server sets no default.
 EXECUTION_EXPIRES_AFTER: Final[int] = 172800
 MAX_PROMPT: Final[int] = 2000
 #: Ark model ids (and endpoint ids) that mean "the default route" when not configured by name.
@@ -48,6 +53,8 @@ ARK_STATUS: Final[dict[Status, str]] = {
     Status.CANCELLED: "cancelled",
 }
 FROM_ARK_STATUS: Final[dict[str, Status]] = {name: status for status, name in ARK_STATUS.items()}
+#: A task that did not start by its deadline: failed (code `expired`) inside, `expired` here.
+EXPIRED_STATUS: Final[str] = "expired"
 
 #: Text command (long and short names) -> the JSON field it sets.
 COMMANDS: Final[dict[str, str]] = {
@@ -264,6 +271,17 @@ def parse_create(
         seed = secrets.randbelow(2**32)
     for flag in ("camera_fixed", "watermark", "return_last_frame", "generate_audio", "draft"):
         _bool(fields.get(flag, data.get(flag)), flag)
+    tier = _str(data.get("service_tier"), "service_tier") or "default"
+    if tier not in SERVICE_TIERS:
+        raise _invalid("service_tier", "must be one of " + ", ".join(SERVICE_TIERS))
+    expires_after = _int(
+        data.get("execution_expires_after"),
+        "execution_expires_after",
+        DEADLINE_MIN_SECONDS,
+        DEADLINE_MAX_SECONDS,
+    )
+    if expires_after is None:
+        expires_after = settings.execution_expires_after.get(tier, EXECUTION_EXPIRES_AFTER)
     callback_url = check_callback_url(_str(data.get("callback_url"), "callback_url"), settings)
     image_url = (
         image_reference(image, settings, param="content.image_url", inbox=inbox)
@@ -280,6 +298,8 @@ def parse_create(
             image_url=image_url,
             callback_url=callback_url,
             seed=seed,
+            service_tier=tier,
+            execution_expires_after=expires_after,
         ),
         "ark",
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
@@ -14,6 +13,7 @@ from opendance.faces.ark.objects import (
     task_object,
 )
 from opendance.faces.ark.requests import (
+    EXPIRED_STATUS,
     FROM_ARK_STATUS,
     PREFIX,
     TAG,
@@ -25,6 +25,7 @@ from opendance.faces.auth import CurrentKey
 from opendance.faces.common import (
     body_limit,
     guarded_create,
+    json_object,
     read_body,
     remove_result,
 )
@@ -32,6 +33,7 @@ from opendance.faces.deps import runtime_of
 from opendance.faces.errors import ApiError, error_responses
 from opendance.faces.images import ImageInbox
 from opendance.media.sizes import NAMED_RATIOS
+from opendance.settings import SERVICE_TIERS
 from opendance.tasks.errors import TaskNotCancellable
 from opendance.tasks.states import Status
 
@@ -131,12 +133,7 @@ _CREATE_BODY: Final[dict[str, Any]] = {
 async def create_task(request: Request, key: CurrentKey) -> JSONResponse:
     runtime = runtime_of(request)
     raw = await read_body(request, body_limit(runtime.settings))
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    data = json_object(raw)
     inbox = ImageInbox(runtime.uploads, key.id, runtime.settings)
     create = await run_in_threadpool(
         parse_create, data, runtime.router.models(), runtime.settings, inbox
@@ -170,17 +167,19 @@ def list_tasks(
     service_tier: Annotated[str | None, Query(alias="filter.service_tier")] = None,
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
-    statuses = None
+    statuses, expired = None, None
     if status is not None:
-        if status not in (*FROM_ARK_STATUS, "expired"):
+        if status not in (*FROM_ARK_STATUS, EXPIRED_STATUS):
             raise _invalid(
-                "filter.status", "must be one of queued, running, cancelled, succeeded, failed"
+                "filter.status",
+                "must be one of queued, running, cancelled, succeeded, failed, expired",
             )
-        if status == "expired":  # opendance tasks never expire before they end
-            return {"total": 0, "items": []}
-        statuses = [FROM_ARK_STATUS[status]]
-    if service_tier not in (None, "default"):
-        return {"total": 0, "items": []}  # every task here runs on the default tier
+        # An expired task is a failed one inside (error code `expired`), `expired` here.
+        statuses = [FROM_ARK_STATUS.get(status, Status.FAILED)]
+        if statuses == [Status.FAILED]:
+            expired = status == EXPIRED_STATUS
+    if service_tier is not None and service_tier not in SERVICE_TIERS:
+        return {"total": 0, "items": []}  # no task has a tier unknown here
     views, total = runtime.service.page_tasks(
         key.id,
         offset=(page_num - 1) * page_size,
@@ -188,6 +187,8 @@ def list_tasks(
         statuses=statuses,
         task_ids=task_ids,
         models=[model] if model else None,
+        service_tier=service_tier,
+        expired=expired,
     )
     return {"total": total, "items": [task_object(view, runtime.results) for view in views]}
 

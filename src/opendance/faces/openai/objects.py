@@ -50,7 +50,7 @@ def video_object(view: TaskView) -> dict[str, Any]:
     elif view.status == Status.CANCELLED:
         error = {"code": "cancelled", "message": "The video was cancelled before it finished."}
     finished = view.finished_at if view.status in TERMINAL else None
-    return {
+    body: dict[str, Any] = {
         "id": view.id,
         "object": "video",
         "model": view.model,
@@ -71,7 +71,13 @@ def video_object(view: TaskView) -> dict[str, Any]:
             "credits_charged": view.credits_charged,
             "credits_refunded": view.credits_refunded,
         },
+        "service_tier": view.service_tier,
     }
+    if view.execution_expires_after is not None:
+        body["execution_expires_after"] = view.execution_expires_after
+    if view.queue_position is not None:
+        body["queue_position"] = view.queue_position
+    return body
 
 
 def poll_after_ms(view: TaskView) -> int:

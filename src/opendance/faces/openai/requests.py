@@ -35,7 +35,12 @@ from opendance.faces.errors import (
 from opendance.faces.images import ImageInbox, image_reference, save_upload
 from opendance.media.sizes import QUALITIES, nearest_named_ratio, size_for
 from opendance.runtime import Runtime
-from opendance.settings import Settings
+from opendance.settings import (
+    DEADLINE_MAX_SECONDS,
+    DEADLINE_MIN_SECONDS,
+    SERVICE_TIERS,
+    Settings,
+)
 from opendance.tasks.models import CreateTask
 
 TAG: Final[str] = "OpenAI videos API"
@@ -155,6 +160,29 @@ def _text(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _bounded_int(data: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    """A whole number: a JSON integer, or its digits in a form field; null or absent is None."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(name, f"must be an integer from {low} to {high}")
+    return value
+
+
+def parse_scheduling(data: dict[str, Any]) -> tuple[str, int | None]:
+    """opendance extensions: `service_tier` (default or flex) and `execution_expires_after`."""
+    tier = _text(data, "service_tier") or "default"
+    if tier not in SERVICE_TIERS:
+        raise _invalid("service_tier", "must be one of " + ", ".join(SERVICE_TIERS))
+    after = _bounded_int(
+        data, "execution_expires_after", DEADLINE_MIN_SECONDS, DEADLINE_MAX_SECONDS
+    )
+    return tier, after
+
+
 # ---------------------------------------------------------------------------------------------
 # Models, seconds and sizes
 
@@ -250,6 +278,7 @@ async def parse_create(request: Request, runtime: Runtime, key_id: str) -> Creat
         map_size, width, height, planner_sizes(runtime, model, duration)
     )
     callback_url = check_callback_url(_text(data, "callback_url"), settings)
+    tier, expires_after = parse_scheduling(data)
     image_url = await _input_reference(data.get("input_reference"), inbox)
     return with_face(
         CreateTask(
@@ -260,6 +289,8 @@ async def parse_create(request: Request, runtime: Runtime, key_id: str) -> Creat
             aspect_ratio=ratio,
             image_url=image_url,
             callback_url=callback_url,
+            service_tier=tier,
+            execution_expires_after=expires_after,
         ),
         "openai",
     )

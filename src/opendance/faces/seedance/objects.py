@@ -20,7 +20,13 @@ def task_object(view: TaskView, results: ResultStore) -> dict[str, Any]:
         "video_duration": view.duration,
         "quality": view.quality,
         "aspect_ratio": view.aspect_ratio,
+        # opendance extensions: the tier, the deadline, and the place in the queue.
+        "service_tier": view.service_tier,
     }
+    if view.execution_expires_after is not None:
+        task_info["execution_expires_after"] = view.execution_expires_after
+    if view.queue_position is not None:
+        task_info["queue_position"] = view.queue_position
     if view.width and view.height:
         task_info["resolution"] = f"{view.width}x{view.height}"
         task_info["fps"] = view.fps
