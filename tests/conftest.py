@@ -28,7 +28,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     def factory(**overrides: Any) -> LiveServer:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
         prepare = overrides.pop("prepare", None)
-        live = start_server(make_settings(data_dir, **overrides), prepare)
+        clock = overrides.pop("clock", None)  # e.g. a FrozenClock, to move time in the test
+        live = start_server(make_settings(data_dir, **overrides), prepare, clock)
         started.append(live)
         return live
 

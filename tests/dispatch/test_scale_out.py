@@ -124,13 +124,7 @@ def test_200_tasks_on_3_workers_with_one_killed(cluster: Cluster) -> None:
         else:
             time.sleep(0.01)
     assert victim_task is not None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        statuses = Counter(row[0] for row in api.sql("SELECT status FROM tasks"))
-        if statuses["completed"] == 200:
-            break
-        time.sleep(0.5)
-    assert statuses == Counter({"completed": 200}), statuses
+    api.wait_all_completed(200, timeout=240)
     attempts = dict(api.sql("SELECT id, attempts FROM tasks"))
     assert attempts[victim_task] == 2
     assert sum(1 for task_id in ids if attempts[task_id] != 1) == 1

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,16 @@ class ServerProcess:
                 return [tuple(row) for row in conn.execute(text(query), params)]
         finally:
             engine.dispose()
+
+    def wait_all_completed(self, count: int, timeout: float) -> None:
+        """Until the database holds `count` tasks, all completed (else fail with the counts)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = Counter(row[0] for row in self.sql("SELECT status FROM tasks"))
+            if statuses == Counter({"completed": count}) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        assert statuses == Counter({"completed": count}), statuses
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from opendance.app import create_app
+from opendance.clock import Clock
 from opendance.runtime import Runtime, build_runtime
 from opendance.settings import Settings
 
@@ -136,9 +137,11 @@ class LiveServer:
 
 
 def start_server(
-    settings: Settings, prepare: Callable[[Runtime], None] | None = None
+    settings: Settings,
+    prepare: Callable[[Runtime], None] | None = None,
+    clock: Clock | None = None,
 ) -> LiveServer:
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, clock)
     if prepare is not None:
         prepare(runtime)
     app = create_app(settings, runtime=runtime)
