@@ -8,7 +8,7 @@ access log off via log level `warning`):
 
 - opendance: `python -m opendance serve --no-workers` (no in-process worker threads, so the
   sandbox engine does not compete for the CPU and every created task stays pending); the rate
-  limits, the per-key active-task cap and the queue cap raised out of the way;
+  limits (per second), the per-key active-task cap and the queue cap raised out of the way;
 - the floor: a bare Starlette app (this file, `floor`), one route answering GET and POST with a
   fixed JSON object shaped like a task object (a POST reads its body first).
 - the FastAPI app: the same two requests as an idiomatic FastAPI app writes them (this file,
@@ -22,10 +22,17 @@ its CPU use is reported, to show it is not the bottleneck) drives each server wi
 `--concurrency` clients, each sending its next request as soon as the previous answer is in
 (closed loop). The runs, in order: floor POST, FastAPI app POST, opendance create (`POST
 /v1/videos/generations`, 480p, 5 s, one API key), floor GET, FastAPI app GET, opendance get
-(`GET /v1/tasks/{id}`, cycling through the tasks the create run made). Each run: connections
-opened, `--warmup` seconds not counted, then `--seconds` measured:
+(`GET /v1/tasks/{id}`, cycling through the tasks the create run made), opendance get-304
+(the same GETs with `If-None-Match` of each task's current ETag, fetched once before the
+run: every answer a 304) and opendance long-poll (`GET /v1/tasks/{id}?wait=W` with the
+current ETag from `--long-poll-clients` clients, default 500: each request is held `--wait`
+seconds, nothing changes, and it ends in a 304).
+The get-304 and long-poll rows are set beside the floors' GET. Each run: connections opened,
+`--warmup` seconds not counted, then `--seconds` measured:
 
-- req/s: responses completed in the window / window;
+- req/s: responses completed in the window / window (a long-poll answers once per `--wait`
+  seconds per client: its req/s is clients / wait, and its CPU ms/req is what holding and
+  answering one long-poll costs);
 - p50, p99: latency of the requests sent and answered inside the window (ms);
 - CPU ms/req: the server process's CPU time (all its threads) over the window per answered
   request, a figure that other load on the machine disturbs less than req/s does; and the load
@@ -38,7 +45,8 @@ schedule, spread over the connections; a request that finds every connection bus
 its latency counts from when it was due (no coordinated omission). Latency at an offered rate
 below saturation is what a client of a busy, not overloaded, server sees.
 
-Any non-2xx answer is counted and shown; a run with errors is flagged. `--profile DIR` adds,
+Any answer other than 2xx (and 304 for the conditional runs) is counted and shown; a run with
+errors is flagged. `--profile DIR` adds,
 after the measured runs, a create and a get run at the highest concurrency under `py-spy record`
 (GIL-holding samples only: what uses the interpreter's one core), and prints the hottest
 functions. Every process started here is stopped (SIGTERM, then SIGKILL), also on error or
@@ -101,6 +109,10 @@ FLOOR_OBJECT: dict[str, Any] = {
     "usage": {"billing_rule": "per_call", "credits_reserved": 3, "user_group": "default"},
 }
 UNLIMITED = str(10**9)
+#: Runs whose requests carry If-None-Match (304 is their expected answer).
+CONDITIONAL_OPS = ("get-304", "long-poll")
+#: The floors' run each opendance run is set beside.
+FLOOR_OP = {"create": "create", "get": "get", "get-304": "get", "long-poll": "get"}
 
 
 class BenchError(RuntimeError):
@@ -187,6 +199,8 @@ class LoadSpec:
     ids_out: str = ""
     #: Requests per second offered on a schedule (open loop); 0: closed loop.
     rate: float = 0.0
+    #: Send each path's current ETag as If-None-Match (read once per path before the run).
+    conditional: bool = False
 
 
 class _Connection(asyncio.Protocol):
@@ -196,6 +210,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        #: The ETag of the last answer (lower-cased head), if it had one.
+        self.etag = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -209,15 +225,20 @@ class _Connection(asyncio.Protocol):
         if end < 0:
             return
         head = bytes(self.buffer[:end]).lower()
+        status = int(head[9:12])
         at = head.find(b"\r\ncontent-length:")
-        if at < 0:
+        if at < 0 and status not in (204, 304):
             waiter.set_exception(BenchError(f"no content-length in {head[:200]!r}"))
             return
-        length = int(head[at + 17 : head.find(b"\r\n", at + 2) % (len(head) + 1)].strip())
+        length = (
+            int(head[at + 17 : head.find(b"\r\n", at + 2) % (len(head) + 1)].strip())
+            if at >= 0
+            else 0
+        )
         total = end + 4 + length
         if len(self.buffer) < total:
             return
-        status = int(head[9:12])
+        self.etag = _header(head, b"etag")
         body = bytes(self.buffer[end + 4 : total])
         del self.buffer[:total]
         waiter.set_result((status, body))
@@ -233,10 +254,22 @@ class _Connection(asyncio.Protocol):
         return await self.waiter
 
 
-def _request_bytes(spec: LoadSpec, path: str) -> bytes:
+def _header(head: bytes, name: bytes) -> bytes:
+    """A header's value from a lower-cased response head (b"" if absent)."""
+    at = head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return b""
+    start = at + len(name) + 3
+    stop = head.find(b"\r\n", start)
+    return head[start : stop if stop >= 0 else len(head)].strip()
+
+
+def _request_bytes(spec: LoadSpec, path: str, etag: bytes = b"") -> bytes:
     lines = [f"{spec.method} {path} HTTP/1.1", f"Host: 127.0.0.1:{spec.port}"]
     if spec.token:
         lines.append(f"Authorization: Bearer {spec.token}")
+    if etag:
+        lines.append(f"If-None-Match: {etag.decode()}")
     body = spec.body.encode()
     if spec.method == "POST":
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -250,6 +283,8 @@ async def _drive(spec: LoadSpec) -> dict[str, Any]:
     for _ in range(spec.concurrency):
         _transport, protocol = await loop.create_connection(_Connection, "127.0.0.1", spec.port)
         connections.append(protocol)
+    if spec.conditional:
+        requests = await _conditional_requests(spec, connections)
     started = time.perf_counter()
     window_start = started + spec.warmup
     window_end = window_start + spec.seconds
@@ -341,6 +376,24 @@ async def _drive(spec: LoadSpec) -> dict[str, Any]:
     }
 
 
+async def _conditional_requests(spec: LoadSpec, connections: list[_Connection]) -> list[bytes]:
+    """Each path's request with If-None-Match of its current ETag (one plain GET per path,
+    spread over the connections, before the clock starts)."""
+    plain = [(path, _request_bytes(spec, path.split("?", 1)[0])) for path in spec.paths]
+    tags: dict[str, bytes] = {}
+
+    async def fetch(connection: _Connection, share: list[tuple[str, bytes]]) -> None:
+        for path, data in share:
+            status, _ = await connection.request(data)
+            if status != 200 or not connection.etag:
+                raise BenchError(f"no ETag for {path} (status {status})")
+            tags[path] = connection.etag
+
+    count = len(connections)
+    await asyncio.gather(*(fetch(c, plain[i::count]) for i, c in enumerate(connections)))
+    return [_request_bytes(spec, path, tags[path]) for path in spec.paths]
+
+
 def run_load(spec: LoadSpec) -> dict[str, Any]:
     try:
         import uvloop
@@ -381,7 +434,8 @@ class Result:
 
     @property
     def errors(self) -> int:
-        return sum(v for k, v in self.statuses.items() if not k.startswith("2"))
+        expected = ("2", "304") if self.op in CONDITIONAL_OPS else ("2",)
+        return sum(v for k, v in self.statuses.items() if not k.startswith(expected))
 
 
 def _clean_env() -> dict[str, str]:
@@ -454,8 +508,11 @@ def opendance_env(data_dir: Path, port: int, log_level: str) -> dict[str, str]:
         OPENDANCE_WORKERS="0",
         OPENDANCE_LOG_LEVEL=log_level,
         OPENDANCE_FIRST_KEY_CREDITS="0",
-        OPENDANCE_RATE_LIMIT_CREATE=f"{UNLIMITED}/minute",
-        OPENDANCE_RATE_LIMIT_READ=f"{UNLIMITED}/minute",
+        # Per second: the limiter's moving window then holds about a second of requests, as
+        # many as a key at the default per-minute limit has; a minute of a benchmark's
+        # requests (100,000s) would make every request pay for a window no server keeps.
+        OPENDANCE_RATE_LIMIT_CREATE=f"{UNLIMITED}/second",
+        OPENDANCE_RATE_LIMIT_READ=f"{UNLIMITED}/second",
         OPENDANCE_MAX_ACTIVE_TASKS_PER_KEY=UNLIMITED,
         OPENDANCE_MAX_QUEUED_TASKS=UNLIMITED,
     )
@@ -493,12 +550,14 @@ def measure(
         method, paths, body = "POST", ["/v1/videos/generations"], CREATE_BODY.decode()
     else:
         method, body = "GET", ""
-        paths = [f"/v1/tasks/{task_id}" for task_id in ids] or ["/v1/tasks/unknown"]
+        query = f"?wait={args.wait:g}" if op == "long-poll" else ""
+        paths = [f"/v1/tasks/{task_id}{query}" for task_id in ids] or ["/v1/tasks/unknown"]
     spec = LoadSpec(
         port=server.port,
         method=method,
         paths=paths,
-        concurrency=concurrency,
+        # A held request does not load the server: many more of them at once.
+        concurrency=args.long_poll_clients if op == "long-poll" else concurrency,
         warmup=args.warmup,
         seconds=args.seconds,
         server_pid=server.proc.pid,
@@ -506,8 +565,9 @@ def measure(
         body=body,
         ids_out=str(ids_out or ""),
         rate=args.rate,
+        conditional=op in CONDITIONAL_OPS,
     )
-    result = load(spec, timeout=args.warmup + args.seconds + 120)
+    result = load(spec, timeout=args.warmup + args.seconds + args.wait + 180)
     server.check_alive()
     return result
 
@@ -556,10 +616,13 @@ def run_level(
             (floor, "floor", "get"),
             (fastapi_app, "fastapi", "get"),
             (ours, "opendance", "get"),
+            (ours, "opendance", "get-304"),
+            (ours, "opendance", "long-poll"),
         ]
+        plan = [run for run in plan if run[1] != "opendance" or run[2] in ("create", *args.runs)]
         for server, target, op in plan:
             ids: list[str] = []
-            if target == "opendance" and op == "get":
+            if target == "opendance" and op != "create":
                 ids = ids_file.read_text().split()
                 info["get_ids"] = len(ids)
             raw = measure(
@@ -696,14 +759,14 @@ def results_table(results: Sequence[Result]) -> str:
     for r in results:
         if r.target != "opendance":
             continue
-        floor = by_key.get((r.concurrency, "floor", r.op))
-        fastapi_app = by_key.get((r.concurrency, "fastapi", r.op))
+        floor = by_key.get((r.concurrency, "floor", FLOOR_OP[r.op]))
+        fastapi_app = by_key.get((r.concurrency, "fastapi", FLOOR_OP[r.op]))
         cells = []
         for one in (r, floor):
             if one is None:
                 cells += ["-"] * 4
                 continue
-            errors = f" ({one.errors} non-2xx)" if one.errors else ""
+            errors = f" ({one.errors} errors)" if one.errors else ""
             cells += [
                 f"{one.rps:,.0f}{errors}",
                 f"{one.p50_ms:.1f}",
@@ -712,7 +775,7 @@ def results_table(results: Sequence[Result]) -> str:
             ]
         ratio = f"{100 * r.rps / floor.rps:.1f} %" if floor and floor.rps else "-"
         if fastapi_app is not None and fastapi_app.rps:
-            errors = f" ({fastapi_app.errors} non-2xx)" if fastapi_app.errors else ""
+            errors = f" ({fastapi_app.errors} errors)" if fastapi_app.errors else ""
             fastapi_cells = [
                 f"{fastapi_app.rps:,.0f}{errors}",
                 f"{fastapi_app.p99_ms:.1f}",
@@ -779,6 +842,23 @@ def main() -> None:
         "instead of each client sending again as soon as it is answered",
     )
     parser.add_argument(
+        "--wait", type=float, default=2.0, help="seconds each long-poll of the long-poll run asks"
+    )
+    parser.add_argument(
+        "--long-poll-clients",
+        type=int,
+        default=500,
+        help="clients of the long-poll run (each holds one request at a time)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=["get", "get-304", "long-poll"],
+        default=["get", "get-304", "long-poll"],
+        help="opendance's read runs (after its create run); e.g. only `get` against a version "
+        "without ETags",
+    )
+    parser.add_argument(
         "--log-level", default="warning", help="uvicorn/opendance log level of both servers"
     )
     parser.add_argument("--profile", type=Path, help="py-spy the create and get paths here")
@@ -789,6 +869,10 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup < 0 or args.rate < 0:
         parser.error("--concurrency must be >= 1, --seconds > 0, --warmup >= 0, --rate >= 0")
+    if args.long_poll_clients < 1:
+        parser.error("--long-poll-clients must be >= 1")
+    if not 0 < args.wait <= 60:
+        parser.error("--wait must be > 0 and <= 60 (the server's limit)")
     if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
         parser.error(f"--keep {args.keep} is not empty")
 
@@ -843,6 +927,11 @@ def main() -> None:
             f"\nc={concurrency}: {info.get('pending_after_create', '?')} pending tasks in the "
             f"database after the create run; get cycled through {info.get('get_ids', '?')} ids"
         )
+        if "long-poll" in args.runs:
+            print(
+                f"long-poll at c={concurrency}: {args.long_poll_clients} clients, each request "
+                f"held {args.wait:g} s (`?wait={args.wait:g}` with the current ETag)"
+            )
         for op, report in info.get("profile", {}).items():
             print(f"\nprofile, {op} at {concurrency} clients:\n\n```\n{report}\n```")
     if args.json is not None:

@@ -1,6 +1,7 @@
 """Scale-out throughput and dispatch latency, on real processes over loopback.
 
     .venv/bin/python bench/dispatch.py --tasks 60 --latency-runs 50
+    .venv/bin/python bench/dispatch.py --only fair-latency --backlog 10000 --backlog-keys 100
 
 Scale-out (`OPENDANCE_DISPATCH=procrastinate`, PostgreSQL): for each worker count in
 `--workers` (default 1 2 3), a fresh database, one API process (`opendance serve --no-workers`)
@@ -38,6 +39,25 @@ active-task cap are lifted in the processes started here: one client key sends a
 The same latency run is made on the single-machine mode as a reference: `opendance serve` with
 `OPENDANCE_DISPATCH=local`, SQLite and one in-process worker thread.
 
+Deep queue (`--only fair-latency` runs this part alone): the same latency run, on a fresh
+1-worker deployment of each mode, first with an empty queue and then with `--backlog` (10,000)
+pending tasks over `--backlog-keys` (100) keys, so that the claim (`claim_next`: the first entry of
+`ix_tasks_fair_claim`) is shown to stay cheap. The backlog lies in the same tables and indexes but
+belongs to a second routed model (`bench-backlog`, sandbox) that no worker serves, so the measured
+worker stays idle between measured tasks: on procrastinate both models are routed and the worker
+is `opendance worker --models <the measured model>`; on the single-machine mode `serve` routes the
+measured model only, because its worker threads serve every routed model (`serve` has no
+`--models`). The backlog tasks are made in this process by the task service on the deployment's
+database (`Accounts.create_key`, `TaskService.create_task`: real prices, ledger entries and fair
+tags; on procrastinate one job each in the model's queue, as the API defers them), not through
+HTTP, which would take minutes. With the backlog in place this process also times `claim_next`
+(the measured model, nothing pending; the backlog model, each call taking the next task, all handed
+back after), the claim's SELECT alone, the create's pending count, on procrastinate the API's
+periodic re-offer pass, and prints the claim SELECT's plan (SQLite `EXPLAIN QUERY PLAN`,
+PostgreSQL `EXPLAIN (ANALYZE, BUFFERS)`, rolled back) for both models. The CPU used by each process
+during each latency run is shown too: the measured tasks are the same, so a difference is work
+that the backlog causes.
+
 All processes share this machine's clock, so client and server times compare directly. Percentiles
 interpolate linearly between samples (with 50 samples p99 lies between the two largest). Every
 process started here is stopped (SIGTERM, then SIGKILL) and every database made here is dropped,
@@ -74,6 +94,7 @@ import httpx
 import psycopg
 from sqlalchemy import Engine, bindparam, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 MODEL = "doubao-seedance-1.0-pro-fast"
 KEY_PATTERN = re.compile(r"od_[a-z0-9]{8}_[A-Za-z0-9]{38}")
@@ -124,9 +145,19 @@ def _die_with_parent() -> None:
 class Deployment:
     """One database, one API process and its workers; everything torn down on exit."""
 
-    def __init__(self, mode: Mode, workers: int, admin_url: str, root: Path, label: str) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        workers: int,
+        admin_url: str,
+        root: Path,
+        label: str,
+        routes: dict[str, Any] | None = None,
+    ) -> None:
         self.mode = mode
         self.workers = workers
+        #: `OPENDANCE_ROUTES` of every process started here (None: the default, MODEL only).
+        self.routes = routes
         self.admin_url = admin_url
         self.label = label
         self.dir = root / label
@@ -172,6 +203,8 @@ class Deployment:
             OPENDANCE_LOG_LEVEL="info",
             OPENDANCE_LOG_FORMAT="text",
         )
+        if self.routes is not None:
+            env["OPENDANCE_ROUTES"] = json.dumps(self.routes)
         return env
 
     def _start(self) -> None:
@@ -352,6 +385,8 @@ class Latency:
     mode: str
     measured_from: str
     samples_ms: list[float] = field(default_factory=list)
+    #: The queue the samples were taken with (the deep-queue run: "empty" or the backlog).
+    queue: str = ""
 
     def row(self) -> list[str]:
         values = self.samples_ms
@@ -523,7 +558,8 @@ def measure_latency(
 
 JOB_START = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO procrastinate\.worker\b.*?"
-    r": Starting job \S+?\(task_id='([^']+)'\)"
+    # The job's arguments: (task_id=...), or (model=..., task_id=...) since jobs name their model.
+    r": Starting job \S+?\([^)]*?\btask_id='([^']+)'"
 )
 
 
@@ -536,6 +572,390 @@ def job_starts(log: Path) -> dict[str, list[float]]:
             stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
             starts.setdefault(match.group(2), []).append(stamp.timestamp())
     return starts
+
+
+# -- dispatch latency with a deep queue -----------------------------------------------------
+
+#: The backlog's model: routed (sandbox) wherever tasks are made, served by no worker.
+BACKLOG_MODEL = "bench-backlog"
+
+
+def sandbox_routes(*models: str) -> dict[str, Any]:
+    return {model: {"engines": [{"engine": "sandbox"}]} for model in models}
+
+
+@dataclass
+class Cost:
+    """Wall-clock cost of one database operation, repeated (ms)."""
+
+    database: str
+    operation: str
+    samples_ms: list[float] = field(default_factory=list)
+
+    def row(self) -> list[str]:
+        values = self.samples_ms
+        stats = [percentile(values, q) for q in (0.5, 0.95, 0.99)] + [max(values)]
+        return [self.database, self.operation, str(len(values)), *(f"{v:.2f}" for v in stats)]
+
+
+@dataclass
+class Plan:
+    database: str
+    statement: str
+    plan: str
+    uses_index: bool
+    sorts_or_scans: bool
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds by whom (`CpuMeter`) during one latency run of the deep-queue part."""
+
+    mode: str
+    queue: str
+    seconds: float
+    cpu_s: dict[str, float]
+    machine_busy: float
+
+
+@dataclass
+class Fill:
+    database: str
+    tasks: int
+    keys: int
+    seconds: float
+    fair_tags: str
+
+
+class Backlog:
+    """Pending tasks of BACKLOG_MODEL on a deployment's database, made in this process by the
+    task service itself (`create_task`: real prices, ledger entries, fair tags and, on
+    procrastinate, one job each in the model's queue, as the API defers them), for keys made by
+    `Accounts.create_key`. No background thread runs here: nothing is claimed or swept."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        from opendance.runtime import build_runtime
+        from opendance.settings import Settings
+
+        self.deployment = deployment
+        self.database = "PostgreSQL" if deployment.mode == "procrastinate" else "SQLite"
+        settings = Settings(
+            data_dir=deployment.data_dir,
+            database_url=deployment.database_url,
+            dispatch=deployment.mode,
+            routes=sandbox_routes(MODEL, BACKLOG_MODEL),
+            workers=0,
+            max_queued_tasks=1_000_000_000,
+            max_active_tasks_per_key=1_000_000_000,
+        )
+        self.runtime = build_runtime(settings)
+        self.deferrer: Any = None
+        if deployment.mode == "procrastinate":
+            from opendance.dispatch.distributed import JobDeferrer
+
+            self.deferrer = JobDeferrer(self.runtime.service, settings.db_url)
+            self.deferrer.start()
+        self.key_ids: list[str] = []
+
+    def close(self) -> None:
+        if self.deferrer is not None:
+            self.deferrer.stop()
+        self.runtime.close()
+
+    def fill(self, tasks: int, keys: int, threads: int, quality: str, duration: int) -> Fill:
+        from opendance.tasks.models import CreateTask, KeyInfo
+
+        service = self.runtime.service
+        infos = []
+        for index in range(keys):
+            created = self.runtime.accounts.create_key(
+                credits=1_000_000_000, name=f"backlog {index}"
+            )
+            infos.append(KeyInfo(id=created.summary.id, group=created.summary.group))
+        self.key_ids = [info.id for info in infos]
+
+        def make(index: int) -> None:
+            # Round robin over the keys, as many clients queueing at once.
+            request = CreateTask(
+                model=BACKLOG_MODEL,
+                prompt=f"backlog {index}",
+                duration=duration,
+                quality=quality,
+                aspect_ratio="16:9",
+            )
+            view = service.create_task(infos[index % keys], request)
+            if self.deferrer is not None:
+                self.deferrer.defer(view.id, BACKLOG_MODEL)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(make, range(tasks)))
+        seconds = time.monotonic() - started
+        pending = self.pending()
+        if pending != tasks:
+            raise BenchError(f"backlog: {pending} of {tasks} tasks pending after the fill")
+        with self.runtime.db.engine.connect() as conn:
+            low, high, distinct, by_keys = conn.execute(
+                text(
+                    "SELECT min(fair_tag), max(fair_tag), count(DISTINCT fair_tag), "
+                    "count(DISTINCT api_key_id) FROM tasks "
+                    "WHERE requested_model = :model AND status = 'pending'"
+                ),
+                {"model": BACKLOG_MODEL},
+            ).one()
+        tags = f"{distinct} distinct start tags from {low:.3f} to {high:.3f}, {by_keys} keys"
+        return Fill(self.database, tasks, keys, seconds, tags)
+
+    def pending(self) -> int:
+        with self.runtime.db.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM tasks "
+                        "WHERE requested_model = :model AND status = 'pending'"
+                    ),
+                    {"model": BACKLOG_MODEL},
+                ).scalar_one()
+            )
+
+    def costs(self, runs: int) -> list[Cost]:
+        """The claim's cost with the backlog in place, timed here (no HTTP, no worker)."""
+        from opendance.tasks import fair_queue
+        from opendance.tasks.creation import _COUNTS
+
+        service = self.runtime.service
+        engine = self.runtime.db.engine
+        sqlite = self.runtime.db.is_sqlite
+        results: list[Cost] = []
+
+        # The measured model's claim: what the idle worker runs (nothing of its model waits).
+        empty = Cost(self.database, f"claim_next([{MODEL}]), none pending")
+        for _ in range(runs):
+            started = time.perf_counter()
+            if service.claim_next("bench-claim-cost", [MODEL]) is not None:
+                raise BenchError(f"a {MODEL} task was pending during the claim timing")
+            empty.samples_ms.append((time.perf_counter() - started) * 1000)
+        results.append(empty)
+
+        # The backlog model's claim: the first of its pending tasks in fair order (each call
+        # takes another task; all are handed back at the end, so the backlog stays whole).
+        deep = Cost(self.database, f"claim_next([{BACKLOG_MODEL}]), backlog pending")
+        claimed = []
+        try:
+            for _ in range(runs):
+                started = time.perf_counter()
+                task = service.claim_next("bench-claim-cost", [BACKLOG_MODEL])
+                deep.samples_ms.append((time.perf_counter() - started) * 1000)
+                if task is None:
+                    raise BenchError("the backlog model had nothing to claim")
+                claimed.append(task)
+        finally:
+            for task in claimed:
+                service.release(task.id, task.lease_token)
+        if len({task.id for task in claimed}) != len(claimed):
+            raise BenchError("a backlog task was claimed twice")
+        results.append(deep)
+
+        # The claim's SELECT alone (on PostgreSQL with its FOR UPDATE SKIP LOCKED, rolled back).
+        select_only = Cost(self.database, f"claim SELECT ({BACKLOG_MODEL}), backlog pending")
+        with engine.connect() as conn:
+            for _ in range(runs):
+                query = fair_queue.next_pending(BACKLOG_MODEL, time.time(), for_update=not sqlite)
+                started = time.perf_counter()
+                row = conn.execute(query).first()
+                select_only.samples_ms.append((time.perf_counter() - started) * 1000)
+                conn.rollback()
+                if row is None:
+                    raise BenchError("the claim SELECT found no backlog task")
+        results.append(select_only)
+
+        # Not the claim, but the create's one statement that reads every pending task: the
+        # count for `max_queued_tasks` (in the create transaction, so in "POST sent").
+        counts = Cost(self.database, "create: pending count (queue cap), backlog pending")
+        with engine.connect() as conn:
+            for _ in range(runs):
+                started = time.perf_counter()
+                conn.execute(_COUNTS, {"key_id": self.key_ids[0]}).one()
+                counts.samples_ms.append((time.perf_counter() - started) * 1000)
+                conn.rollback()
+        results.append(counts)
+
+        if self.deferrer is not None:
+            # Not the claim either: the API's periodic re-offer of tasks pending for 10 s (every
+            # 5 s, `JobDeferrer.redefer_pending`), the same code run here. With a backlog each
+            # pass re-defers its first 1000 tasks, whose jobs already wait (AlreadyEnqueued).
+            offered = len(service.pending_task_ids(quiet_for=10.0))
+            redefer = Cost(self.database, f"API re-offer pass ({offered} tasks), backlog pending")
+            for _ in range(min(runs, 5)):
+                started = time.perf_counter()
+                self.deferrer.redefer_pending()
+                redefer.samples_ms.append((time.perf_counter() - started) * 1000)
+            results.append(redefer)
+
+            # procrastinate's own job fetch for the measured model's queue (nothing waiting
+            # there; the backlog's jobs wait in their own queue), rolled back.
+            from opendance.dispatch.distributed import queue_for
+
+            fetch = Cost(self.database, f"procrastinate job fetch ({MODEL} queue), backlog jobs")
+            statement = text("SELECT id FROM procrastinate_fetch_job_v2(:queues, NULL)")
+            try:
+                with engine.connect() as conn:
+                    for _ in range(runs):
+                        started = time.perf_counter()
+                        job = conn.execute(statement, {"queues": [queue_for(MODEL)]}).scalar()
+                        fetch.samples_ms.append((time.perf_counter() - started) * 1000)
+                        conn.rollback()
+                        if job is not None:
+                            raise BenchError(f"a {MODEL} job was waiting during the fetch timing")
+                results.append(fetch)
+            except DBAPIError as error:  # another procrastinate version: its fetch has changed
+                print(f"# (procrastinate fetch not timed: {error})", file=sys.stderr)
+        return results
+
+    def plans(self) -> list[Plan]:
+        """EXPLAIN QUERY PLAN (SQLite) / EXPLAIN (ANALYZE, BUFFERS) (PostgreSQL) of the claim's
+        SELECT, for the measured model and for the backlog model."""
+        from opendance.tasks import fair_queue
+
+        engine = self.runtime.db.engine
+        sqlite = self.runtime.db.is_sqlite
+        plans = []
+        for model in (MODEL, BACKLOG_MODEL):
+            query = fair_queue.next_pending(model, time.time(), for_update=not sqlite)
+            sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+            with engine.connect() as conn:
+                if sqlite:
+                    rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all()
+                    lines = [str(row[-1]) for row in rows]
+                else:
+                    rows = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + sql).all()
+                    lines = [str(row[0]) for row in rows]
+                conn.rollback()
+            plan = "\n".join(lines)
+            uses_index = "ix_tasks_fair_claim" in plan
+            if sqlite:
+                bad = "TEMP B-TREE" in plan or any(
+                    line.startswith("SCAN") and "INDEX" not in line for line in lines
+                )
+            else:
+                bad = "Sort" in plan or "Seq Scan" in plan
+            plans.append(Plan(self.database, " ".join(sql.split()), plan, uses_index, bad))
+        if not sqlite:
+            with engine.connect() as conn:
+                live, analyzed, auto = conn.execute(
+                    text(
+                        "SELECT n_live_tup, last_analyze, last_autoanalyze "
+                        "FROM pg_stat_user_tables WHERE relname = 'tasks'"
+                    )
+                ).one()
+            for plan in plans:
+                plan.plan += (
+                    f"\n(statistics: n_live_tup {live}, last analyze {analyzed}, "
+                    f"last autoanalyze {auto})"
+                )
+        return plans
+
+
+def measure_deep_queue(
+    args: argparse.Namespace, root: Path, progress: Any, notes: list[str]
+) -> dict[str, Any]:
+    """Dispatch latency with an idle worker, empty queue then `--backlog` pending tasks of
+    another model over `--backlog-keys` keys, in the same deployment (see `main`'s docstring)."""
+    latency: list[Latency] = []
+    costs: list[Cost] = []
+    plans: list[Plan] = []
+    fills: list[Fill] = []
+    cpu: list[CpuUse] = []
+    modes: list[tuple[Mode, str, dict[str, Any] | None]] = [
+        # Both models routed; the one worker process serves only MODEL (`worker --models`).
+        (
+            "procrastinate",
+            "procrastinate (PostgreSQL), 1 worker process",
+            sandbox_routes(MODEL, BACKLOG_MODEL),
+        ),
+    ]
+    if not args.skip_local:
+        # `serve`'s worker threads serve every routed model (it has no `--models`), so the
+        # server routes MODEL only; the backlog is made by this process, which routes both.
+        modes.append(("local", "local (SQLite), 1 worker thread", None))
+    backlog_label = f"{args.backlog:,} pending ({args.backlog_keys} keys)"
+    for mode, label, routes in modes:
+        name = f"deep-{mode}"
+        progress(f"{name}: starting")
+        with Deployment(mode, 1, args.admin_url, root, name, routes=routes) as deployment:
+            warm_up(deployment, 2, args.quality, args.duration)
+
+            def measure(
+                queue: str, deployment: Deployment = deployment, label: str = label
+            ) -> None:
+                first_note = len(notes)
+                meter = CpuMeter(deployment)
+                started = time.monotonic()
+                for result in measure_latency(
+                    deployment,
+                    args.latency_runs,
+                    args.quality,
+                    args.duration,
+                    args.gap,
+                    label,
+                    notes,
+                ):
+                    result.queue = queue
+                    latency.append(result)
+                used, busy = meter.stop()
+                cpu.append(CpuUse(label, queue, time.monotonic() - started, used, busy))
+                notes[first_note:] = [f"{note} ({queue})" for note in notes[first_note:]]
+
+            progress(f"{name}: dispatch latency, empty queue, {args.latency_runs} tasks")
+            measure("empty")
+            backlog = Backlog(deployment)
+            try:
+                threads = args.backlog_threads or (4 if mode == "procrastinate" else 1)
+                progress(f"{name}: creating {args.backlog} backlog tasks ({threads} threads)")
+                fill = backlog.fill(
+                    args.backlog, args.backlog_keys, threads, args.quality, args.duration
+                )
+                fills.append(fill)
+                progress(f"{name}: backlog made in {fill.seconds:.1f} s ({fill.fair_tags})")
+                time.sleep(1.0)
+                progress(f"{name}: dispatch latency, {backlog_label}, {args.latency_runs} tasks")
+                measure(backlog_label)
+                if backlog.pending() != args.backlog:
+                    raise BenchError("the measured worker took backlog tasks")
+                progress(f"{name}: claim cost and plans")
+                costs += backlog.costs(args.claim_runs)
+                plans += backlog.plans()
+            finally:
+                backlog.close()
+    return {"latency": latency, "costs": costs, "plans": plans, "fills": fills, "cpu": cpu}
+
+
+def deep_latency_table(results: Sequence[Latency]) -> str:
+    """Empty and backlog rows of each measure side by side."""
+    order = {
+        name: index for index, name in enumerate(dict.fromkeys(r.measured_from for r in results))
+    }
+    rows = []
+    for r in sorted(results, key=lambda r: (r.mode, order[r.measured_from])):
+        values = r.samples_ms
+        stats = [percentile(values, q) for q in (0.5, 0.95, 0.99)] + [max(values)]
+        rows.append(
+            [
+                r.mode,
+                r.measured_from,
+                r.queue,
+                str(len(values)),
+                *(f"{value:.1f}" for value in stats),
+                f"{statistics.fmean(values):.1f}",
+            ]
+        )
+    header = ["mode", "measure", "queue", "n", "p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms"]
+    return markdown(header, rows)
+
+
+def cost_table(results: Sequence[Cost]) -> str:
+    header = ["database", "operation (in process)", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"]
+    return markdown(header, [r.row() for r in results])
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -599,7 +1019,8 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if not args.quiet:
             print(f"# {message}", file=sys.stderr, flush=True)
 
-    for workers in args.workers:
+    scale_out = args.only in (None, "scale-out")
+    for workers in args.workers if scale_out else []:
         label = f"procrastinate-{workers}w"
         progress(f"{label}: starting the API and {workers} worker(s)")
         with Deployment("procrastinate", workers, args.admin_url, root, label) as deployment:
@@ -622,7 +1043,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     "procrastinate, 1 worker process",
                     notes,
                 )
-    if args.latency_runs and not args.skip_local:
+    if scale_out and args.latency_runs and not args.skip_local:
         progress("local: starting `serve` (SQLite, 1 worker thread)")
         with Deployment("local", 1, args.admin_url, root, "local-1w") as deployment:
             warm_up(deployment, 2, args.quality, args.duration)
@@ -636,7 +1057,68 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 "local (SQLite), 1 worker thread",
                 notes,
             )
-    return {"throughput": throughput, "latency": latency, "notes": notes}
+    deep: dict[str, Any] = {"latency": [], "costs": [], "plans": [], "fills": [], "cpu": []}
+    if args.only in (None, "fair-latency") and args.backlog and args.latency_runs:
+        deep = measure_deep_queue(args, root, progress, notes)
+    return {"throughput": throughput, "latency": latency, "deep": deep, "notes": notes}
+
+
+#: Goals for the p99 dispatch latency with the backlog (ms).
+DEEP_GOAL_MS = {"local": 50.0, "procrastinate": 100.0}
+
+
+def print_deep(args: argparse.Namespace, deep: dict[str, Any]) -> None:
+    print(
+        f"\nDispatch latency with a deep queue, pending -> processing with an idle worker, "
+        f"{args.latency_runs} tasks one at a time ({args.gap} s idle between), empty queue then "
+        f"{args.backlog:,} pending tasks of another model ({BACKLOG_MODEL}, served by no worker) "
+        f"over {args.backlog_keys} keys, same deployment:\n"
+    )
+    print(deep_latency_table(deep["latency"]))
+    for fill in deep["fills"]:
+        print(
+            f"\nBacklog ({fill.database}): {fill.tasks:,} tasks by `create_task` in this process, "
+            f"{fill.seconds:.1f} s ({fill.tasks / fill.seconds:.0f}/s); {fill.fair_tags}."
+        )
+    for mode, goal in DEEP_GOAL_MS.items():
+        for measure in ("created (server) -> started", "POST sent -> started"):
+            rows = [
+                r
+                for r in deep["latency"]
+                if r.mode.startswith(mode) and r.measured_from == measure and r.queue != "empty"
+            ]
+            for r in rows:
+                p99 = percentile(r.samples_ms, 0.99)
+                verdict = "met" if p99 < goal else "NOT met"
+                print(f"Goal {mode}, {measure}, p99 < {goal:.0f} ms: {p99:.1f} ms, {verdict}.")
+    if deep["cpu"]:
+        print(
+            "\nCPU used during those latency runs (CPU ms per second of the run; the measured "
+            "tasks are the same, so a difference is work the backlog causes):\n"
+        )
+        header = ["mode", "queue", "run s", *(f"CPU ms/s {n}" for n in CPU_COLUMNS), "machine"]
+        rows = [
+            [
+                u.mode,
+                u.queue,
+                f"{u.seconds:.1f}",
+                *(f"{u.cpu_s.get(n, 0.0) * 1000 / u.seconds:.0f}" for n in CPU_COLUMNS),
+                f"{u.machine_busy * 100:.0f}%",
+            ]
+            for u in deep["cpu"]
+        ]
+        print(markdown(header, rows))
+    if deep["costs"]:
+        print(
+            f"\nClaim cost with the backlog in place ({args.claim_runs} calls each, timed in the "
+            "benchmark process on the deployment's database, wall clock):\n"
+        )
+        print(cost_table(deep["costs"]))
+    for plan in deep["plans"]:
+        verdict = "uses ix_tasks_fair_claim" if plan.uses_index else "DOES NOT use the index"
+        verdict += "; a sort or full scan" if plan.sorts_or_scans else "; no sort, no full scan"
+        print(f"\n{plan.database} plan ({verdict}):\n\n    {plan.statement}\n")
+        print("\n".join(f"    {line}" for line in plan.plan.splitlines()))
 
 
 def main() -> None:
@@ -654,12 +1136,32 @@ def main() -> None:
         help="PostgreSQL to create (and drop) the benchmark databases on",
     )
     parser.add_argument("--skip-local", action="store_true", help="no single-machine reference")
+    parser.add_argument(
+        "--only",
+        choices=["scale-out", "fair-latency"],
+        help="run one part: scale-out (throughput, latency) or fair-latency (deep queue)",
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=10000, help="pending tasks of the deep-queue run (0: skip)"
+    )
+    parser.add_argument("--backlog-keys", type=int, default=100, help="keys they belong to")
+    parser.add_argument(
+        "--backlog-threads",
+        type=int,
+        default=0,
+        help="threads creating them (0: 1 on SQLite, 4 on PostgreSQL)",
+    )
+    parser.add_argument(
+        "--claim-runs", type=int, default=50, help="timed claim calls with the backlog"
+    )
     parser.add_argument("--keep", type=Path, help="keep data dirs and process logs here")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args()
     if any(n < 1 for n in args.workers) or args.tasks < 1 or args.latency_runs < 0:
         parser.error("worker counts and --tasks must be at least 1")
+    if args.backlog < 0 or args.backlog_keys < 1 or args.claim_runs < 1:
+        parser.error("--backlog must be at least 0, --backlog-keys and --claim-runs at least 1")
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -695,12 +1197,15 @@ def main() -> None:
             f"{args.latency_runs} tasks one at a time ({args.gap} s idle between):\n"
         )
         print(latency_table(results["latency"]))
+    if results["deep"]["latency"]:
+        print_deep(args, results["deep"])
     for note in results["notes"]:
         print(f"\nNote: {note}.")
     if args.json is not None:
         raw = {
             "throughput": [asdict(r) for r in results["throughput"]],
             "latency": [asdict(r) for r in results["latency"]],
+            "deep": {name: [asdict(r) for r in rows] for name, rows in results["deep"].items()},
             "notes": results["notes"],
             "load_before": load_before,
             "load_after": load_after,

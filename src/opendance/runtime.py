@@ -1,5 +1,6 @@
 """The runtime: everything a running server holds (store, service, engines, workers, callback
-sender, event hub), built once and shared by the faces and the workers, and wired here.
+sender, event hub, task views and the feed of other processes' changes), built once and
+shared by the faces and the workers, and wired here.
 
 The faces reach it through `opendance.faces.deps.RuntimeDep`; it imports no face. What differs
 by face (the body of a callback) is handed in by the app (`start_callbacks`).
@@ -27,14 +28,16 @@ from opendance.media.storage import ResultStore, load_or_create_secret
 from opendance.observability.metrics import Metrics
 from opendance.settings import Settings
 from opendance.store import migrate
-from opendance.store.changes import key_epoch_for
+from opendance.store.changes import PostgresListener, key_epoch_for, listener_for
 from opendance.store.db import Database
+from opendance.store.task_feed import TaskFeed, task_feed_for
 from opendance.tasks.accounts import Accounts
 from opendance.tasks.models import TaskView
 from opendance.tasks.pricing import PriceTable
 from opendance.tasks.rate_limits import KeyRateLimiter
 from opendance.tasks.service import TaskService
 from opendance.tasks.uploads import Uploads
+from opendance.tasks.view_cache import TaskViews
 from opendance.tasks.watchers import TaskEvents
 
 if TYPE_CHECKING:
@@ -64,17 +67,46 @@ class Runtime:
     limiter: KeyRateLimiter
     catalog: ModelCatalog
     uploads: Uploads
+    #: Task views served from memory until the task changes (here or in another process).
+    views: TaskViews
+    #: Task changes made by other processes (NOTIFY on PostgreSQL, a poller on SQLite).
+    task_feed: TaskFeed
+    #: This process's LISTEN connection on PostgreSQL (keys and tasks); None on SQLite.
+    listener: PostgresListener | None = None
     #: When this runtime was built (Unix seconds): the `created` of the models it lists.
     started_at: float = 0.0
     sender: CallbackSender | None = None
     dispatcher: LocalDispatcher | None = None
     deferrer: JobDeferrer | None = None
     maintenance: Maintenance | None = None
-    shutting_down: bool = False
     #: Tests inject a resolver they control; production uses the system's.
     callback_resolver: Resolver | None = None
-    #: Wakes this process's event streams when one of their tasks changes.
+    #: Wakes this process's event streams and long-polls when one of their tasks changes.
     events: TaskEvents = field(default_factory=TaskEvents)
+    _shutting_down: bool = field(default=False, repr=False)
+
+    @property
+    def shutting_down(self) -> bool:
+        """Set when the server starts to stop: streams end, long-polls answer at once."""
+        return self._shutting_down
+
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self._shutting_down = value
+        if value:
+            self.events.wake_all()
+
+    def task_changed(self, task_id: str) -> None:
+        """A task changed (committed, here or elsewhere): drop its view, then wake its waiters
+        (in that order, so a woken waiter never reads the old view)."""
+        self.views.invalidate(task_id)
+        self.events.notify(task_id)
+
+    def task_changed_elsewhere(self, task_id: str, updated_at: float | None) -> None:
+        """The task feed's news: a change, unless it is the version already kept (a change of
+        this process, heard in-process first)."""
+        if updated_at is None or not self.views.holds(task_id, updated_at):
+            self.task_changed(task_id)
 
     def start_background(
         self,
@@ -161,6 +193,9 @@ class Runtime:
             self.sender.stop()
         self.router.close()
         self.accounts.close()
+        self.task_feed.close()
+        if self.listener is not None:
+            self.listener.stop()
         self.db.dispose()
 
 
@@ -188,11 +223,13 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         from opendance.dispatch.distributed import ensure_schema
 
         ensure_schema(db)
+    listener = listener_for(settings.db_url)
+    task_feed = task_feed_for(settings.db_url, listener)
     runtime = Runtime(
         settings=settings,
         clock=clock,
         db=db,
-        accounts=Accounts(db, clock, key_epoch_for(settings.db_url)),
+        accounts=Accounts(db, clock, key_epoch_for(settings.db_url, listener)),
         service=service,
         router=router,
         results=results,
@@ -203,6 +240,9 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         limiter=KeyRateLimiter(settings),
         catalog=ModelCatalog(router, settings),
         uploads=Uploads(db, blobs, clock, settings.result_ttl_seconds),
+        views=TaskViews(service, task_feed, clock),
+        task_feed=task_feed,
+        listener=listener,
         started_at=clock.now(),
     )
     _wire(runtime)
@@ -215,6 +255,8 @@ def _wire(runtime: Runtime) -> None:
     `start_callbacks`.)"""
     service = runtime.service
     service.on_cancelled.append(runtime.runner.notify_cancelled)
-    service.on_changed.append(runtime.events.notify)
+    service.on_changed.append(runtime.task_changed)
     # A task handed back to the queue (re-queued or released) goes through on_created.
-    service.on_created.append(runtime.events.notify)
+    service.on_created.append(runtime.task_changed)
+    # Changes made by other processes (replicas, workers) on the same database.
+    runtime.task_feed.on_change(runtime.task_changed_elsewhere)

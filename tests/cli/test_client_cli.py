@@ -135,6 +135,26 @@ def test_generate_reports_a_failed_task(server_factory: ServerFactory, tmp_path:
     assert re.search(r"task task-unified-\S+ failed: image_fetch_\w+", result.output)
 
 
+def test_generate_shows_the_place_in_the_queue_and_takes_a_tier(idle_server: LiveServer) -> None:
+    key = idle_server.new_key(credits=100)
+    for _ in range(2):
+        idle_server.create(key, duration=2, quality="480p")
+    result = runner.invoke(
+        cli_client.app,
+        ["generate", "offline work", "--tier", "flex", "--duration", "2", "--quality", "480p",
+         "--timeout", "1.5", "--base-url", idle_server.base_url],
+        env={"OPENDANCE_KEY": key},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert re.search(
+        r"task task-unified-\S+ \(opendance-sandbox, flex tier, 1 credits", result.output
+    )
+    assert re.search(r"queued \(2 ahead\)\s+0%", result.output), result.output
+    assert "did not end within 1.5 s" in result.output
+    newest = idle_server.client.get("/v1/tasks", headers=idle_server.auth(key)).json()["data"][0]
+    assert newest["task_info"]["service_tier"] == "flex" and newest["status"] == "pending"
+
+
 def test_generate_refusals(server: LiveServer, tmp_path: Path) -> None:
     missing = runner.invoke(
         cli_client.app,
@@ -190,6 +210,7 @@ def test_tasks_and_credits_commands(idle_server: LiveServer) -> None:
     shown = runner.invoke(cli_client.app, ["tasks", "show", ids[0]], env=env)
     assert shown.exit_code == 0 and ids[0] in shown.stdout and "pending" in shown.stdout
     assert "ETA" in shown.stdout
+    assert re.search(r"tier\s+default", shown.stdout) and re.search(r"queue\s+next", shown.stdout)
     as_json = runner.invoke(cli_client.app, ["tasks", "show", ids[0], "--json"], env=env)
     assert json.loads(as_json.stdout)["id"] == ids[0]
 

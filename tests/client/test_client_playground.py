@@ -204,6 +204,63 @@ def test_image_upload_cancel_and_the_key_is_remembered(
     assert server.get(key, other).json()["status"] == "cancelled"
 
 
+def test_tasks_beyond_the_streams_are_long_polled(
+    server_factory: ServerFactory, page: Page
+) -> None:
+    """Three tasks get a stream; the fourth is read once, then long-polled with its ETag: the
+    server holds each read, 304 while it stays as it is, and a change answers at once."""
+    server = server_factory(workers=0)
+    key = server.new_key(credits=100)
+    ids = [server.create(key, duration=2, quality="480p").json()["id"] for _ in range(4)]
+    polled = ids[0]  # the oldest: listed last, when the three streams are taken
+    sent: list[tuple[str, str | None]] = []  # (url as the page wrote it, If-None-Match)
+    answers: list[tuple[str, int, str | None]] = []  # (url, status, ETag)
+
+    def shorter(route: Any) -> None:
+        # The page asks for 25 s holds; 1 s here, so the 304s come within the test.
+        sent.append((route.request.url, route.request.headers.get("if-none-match")))
+        route.continue_(url=route.request.url.replace("wait=25", "wait=1"))
+
+    def answered(response: Any) -> None:
+        if f"/v1/tasks/{polled}" in response.url:
+            answers.append((response.url, response.status, response.headers.get("etag")))
+
+    page.route(lambda url: f"/v1/tasks/{polled}" in url, shorter)
+    page.on("response", answered)
+    page.goto(server.base_url + "/")
+    page.get_by_role("textbox", name="API key").fill(key)
+    page.get_by_role("textbox", name="API key").press("Tab")
+    page.wait_for_selector(f"#task-{polled}", timeout=10_000)
+    started = time.monotonic()
+    deadline = started + 15
+    while sum(status == 304 for _, status, _ in answers) < 3:
+        assert time.monotonic() < deadline, f"no long-poll: {sent} {answers}"
+        page.wait_for_timeout(100)
+    spent = time.monotonic() - started
+
+    base = f"{server.base_url}/v1/tasks/{polled}"
+    assert not any(url.endswith("/events") for url, _ in sent), "no stream left for it"
+    first, *polls = sent
+    assert first == (base, None), "first the task as it is"
+    etag = answers[0][2]
+    assert answers[0][1] == 200 and etag
+    assert polls and all(poll == (f"{base}?wait=25", etag) for poll in polls), polls
+    statuses = [status for _, status, _ in answers[1:]]
+    assert set(statuses) == {304}, f"unchanged: 304, no body ({statuses})"
+    assert len(polls) <= spent / 1 + 2, f"each read held its second ({len(polls)} in {spent})"
+
+    server.client.post(f"/v1/tasks/{polled}/cancel", headers=server.auth(key))
+    wait_until(
+        page,
+        f"document.querySelector('#task-{polled}').dataset.status === 'cancelled'",
+        timeout=5_000,
+    )
+    assert answers[-1][1] == 200 and answers[-1][2] != etag, "the change: a 200, a new ETag"
+    count = len(sent)
+    page.wait_for_timeout(1500)
+    assert len(sent) == count, "a finished task is not read again"
+
+
 def test_a_wrong_key_is_said_plainly(idle_server: LiveServer, page: Page) -> None:
     page.goto(idle_server.base_url + "/")
     page.get_by_role("textbox", name="API key").fill("od_wrong")

@@ -1,5 +1,6 @@
-"""The Python SDK: every method against a live server, error mapping, retries, and `wait`
-when the event stream is cut mid-way or missing."""
+"""The Python SDK: every method against a live server, error mapping, retries, and
+`wait(stream=True)` when the event stream is cut mid-way or missing (the long-poll that `wait`
+does by default: test_client_long_poll.py)."""
 
 from __future__ import annotations
 
@@ -404,7 +405,7 @@ def test_sse_decoder() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# wait: live stream, cut stream, missing stream, timeout
+# wait: live stream (stream=True), cut stream, missing stream, timeout
 
 
 def test_wait_resumes_a_stream_cut_mid_way(server_factory: ServerFactory) -> None:
@@ -414,7 +415,7 @@ def test_wait_resumes_a_stream_cut_mid_way(server_factory: ServerFactory) -> Non
         with Client(server.new_key(), base_url=proxy.url) as sdk:
             task = sdk.create("a slow sunrise", **fast())
             seen: list[Task] = []
-            done = sdk.wait(task, on_progress=seen.append, timeout=60)
+            done = sdk.wait(task, on_progress=seen.append, timeout=60, stream=True)
     finally:
         proxy.close()
     assert done.status == "completed"
@@ -426,18 +427,24 @@ def test_wait_resumes_a_stream_cut_mid_way(server_factory: ServerFactory) -> Non
     assert len({(t.status, t.progress) for t in seen}) == len(seen)
 
 
-def test_wait_polls_when_the_server_has_no_stream(server_factory: ServerFactory) -> None:
+def test_wait_long_polls_when_the_server_has_no_stream(server_factory: ServerFactory) -> None:
     server = server_factory(routes=paced_routes(0.2))
     proxy = StreamProxy(server.base_url, missing=True)
+    reads: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [reads.append]})
     try:
-        with Client(server.new_key(), base_url=proxy.url) as sdk:
+        with Client(server.new_key(), base_url=proxy.url, http_client=http) as sdk:
             task = sdk.create("a windmill", **fast())
             seen: list[str] = []
-            done = sdk.wait(task, on_progress=lambda t: seen.append(t.status), poll_interval=0.1)
+            done = sdk.wait(task, on_progress=lambda t: seen.append(t.status), stream=True)
     finally:
         proxy.close()
+        http.close()
     assert done.status == "completed" and seen[-1] == "completed"
-    assert proxy.stream_requests == 1, "after a 404 for the route, polling only"
+    assert proxy.stream_requests == 1, "after a 404 for the route, no stream again"
+    polls = [r for r in reads if r.url.path == f"/v1/tasks/{task.id}" and "wait" in r.url.params]
+    assert polls, "it long-polls instead"
+    assert all(r.headers.get("if-none-match") for r in polls), "with the last ETag"
 
 
 def test_wait_times_out(idle_server: LiveServer) -> None:
@@ -524,7 +531,7 @@ def test_async_wait_resumes_a_cut_stream(server_factory: ServerFactory) -> None:
         async with AsyncClient(key, base_url=proxy.url) as sdk:
             task = await sdk.create("an async sunrise", **fast())
             seen: list[int] = []
-            done = await sdk.wait(task, on_progress=lambda t: seen.append(t.progress))
+            done = await sdk.wait(task, on_progress=lambda t: seen.append(t.progress), stream=True)
             assert done.status == "completed"
             return seen
 

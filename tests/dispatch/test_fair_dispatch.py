@@ -12,9 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from opendance.clock import FrozenClock
+from opendance.runtime import build_runtime
+from opendance.tasks.models import CreateTask, KeyInfo
 from tests.helpers.processes import ServerProcess
-from tests.helpers.servers import TEST_DATABASE_URL, fresh_database_url
+from tests.helpers.servers import TEST_DATABASE_URL, fresh_database_url, make_settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -77,3 +81,43 @@ def test_one_worker_a_backlog_of_16_delays_another_key_by_at_most_two(
     assert attempts == {1}
     kinds = Counter(row[0] for row in api.sql("SELECT kind FROM ledger_entries"))
     assert (kinds["reserve"], kinds["settle"], kinds["refund"]) == (17, 17, 0)
+
+
+def test_a_lost_job_is_deferred_again_and_a_full_queue_gets_none(tmp_path: Path) -> None:
+    clock = FrozenClock(time.time())
+    url = fresh_database_url()
+    runtime = build_runtime(
+        make_settings(tmp_path, workers=0, dispatch="procrastinate", database_url=url), clock
+    )
+    try:
+        runtime.start_background(local_workers=0)
+        created = runtime.accounts.create_key(credits=1000)
+        key = KeyInfo(id=created.summary.id, group="default")
+        request = CreateTask(
+            model=MODEL, prompt="p", duration=2, quality="480p", aspect_ratio="16:9"
+        )
+        tasks = [runtime.service.create_task(key, request).id for _ in range(3)]
+        deferrer = runtime.deferrer
+        assert deferrer is not None
+
+        def todo() -> list[str]:
+            with runtime.db.engine.connect() as connection:
+                rows = connection.execute(
+                    text("SELECT queueing_lock FROM procrastinate_jobs WHERE status = 'todo'")
+                )
+                return sorted(str(row[0]) for row in rows)
+
+        assert todo() == sorted(tasks)
+        # A crash between the create's commit and its defer: the job is missing.
+        with runtime.db.engine.begin() as connection:
+            connection.execute(
+                text("DELETE FROM procrastinate_jobs WHERE queueing_lock = :lock"),
+                {"lock": tasks[1]},
+            )
+        clock.advance(11)
+        deferrer.redefer_pending()
+        assert todo() == sorted(tasks)
+        deferrer.redefer_pending()  # as many jobs as tasks: nothing more
+        assert todo() == sorted(tasks)
+    finally:
+        runtime.close()

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from opendance.faces import polling
 from tests.helpers.servers import LiveServer, make_settings, start_server
 
 pytestmark = pytest.mark.slow
@@ -136,12 +137,16 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget
         max_queued_tasks=1_000_000,
     )
     live = start_server(settings)
-    try:
-        key = live.new_key(credits=10**12)
-        task_ids, signed = _seed_tasks(live, key)
-        yield FuzzTarget(live, key, task_ids, signed, live.runtime.router.models())
-    finally:
-        live.stop()
+    # Long-polls (`?wait=N`, up to 60 s) end after a moment here: the fuzzer checks what is
+    # answered, not how long a task is waited on (the polling tests do).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(polling, "MAX_WAIT_SECONDS", 0.2)
+        try:
+            key = live.new_key(credits=10**12)
+            task_ids, signed = _seed_tasks(live, key)
+            yield FuzzTarget(live, key, task_ids, signed, live.runtime.router.models())
+        finally:
+            live.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ class Quality(StrEnum):
     p1080 = "1080p"
 
 
+class Tier(StrEnum):
+    default = "default"
+    flex = "flex"
+
+
 def register(parent: typer.Typer) -> None:
     """Add `generate`, `credits` and `tasks` to another typer app (the `opendance` command)."""
     parent.command("generate")(generate)
@@ -127,6 +132,13 @@ def generate(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Same seed, same video (-1: random).")] = None,
     model: Annotated[str | None, typer.Option(help="Model name (server default).")] = None,
+    tier: Annotated[
+        Tier | None,
+        typer.Option(
+            help="default, or flex: starts once no default task waits, for less (server "
+            "default: default)."
+        ),
+    ] = None,
     base_url: BaseUrlOption = None,
     key: KeyOption = None,
     data_dir: Annotated[
@@ -153,7 +165,8 @@ def generate(
         with Client(api_key=key, base_url=url) as client:
             _generate(client, prompt, output, json_output, timeout, duration=duration,
                       quality=quality.value if quality else None, aspect_ratio=aspect_ratio,
-                      image=image, seed=seed, model=model)  # fmt: skip
+                      image=image, seed=seed, model=model,
+                      service_tier=tier.value if tier else None)  # fmt: skip
         return
     err.print(
         f"[dim]no server at {escape(_configured_url())} and no --base-url or OPENDANCE_BASE_URL:"
@@ -162,7 +175,8 @@ def generate(
     with embedded_server(data_dir) as (url, token), _client(url, token) as client:
         _generate(client, prompt, output, json_output, timeout, duration=duration,
                   quality=quality.value if quality else None, aspect_ratio=aspect_ratio,
-                  image=image, seed=seed, model=model)  # fmt: skip
+                  image=image, seed=seed, model=model,
+                  service_tier=tier.value if tier else None)  # fmt: skip
 
 
 def _generate(
@@ -186,6 +200,7 @@ def _generate(
     credits_reserved = task.usage.credits_reserved if task.usage else None
     err.print(
         f"task [bold]{task.id}[/bold] ({task.model}"
+        + (", flex tier" if task.task_info.service_tier == "flex" else "")
         + (f", {credits_reserved} credits reserved" if credits_reserved is not None else "")
         + ")"
     )

@@ -45,6 +45,21 @@ def status_text(task: Task) -> Text:
     return Text(task.status, style=STATUS_STYLES.get(task.status, ""))
 
 
+def queue_text(task: Task) -> str:
+    """Where a pending task stands in its model's queue (`3 ahead`, `next`); empty otherwise
+    (running, finished, or a server that does not say)."""
+    place = task.task_info.queue_position
+    if task.status != "pending" or place is None:
+        return ""
+    return "next" if place == 0 else f"{place} ahead"
+
+
+def status_label(task: Task) -> str:
+    """The bar's status: `queued (3 ahead)` while waiting in the queue, else the status."""
+    place = queue_text(task)
+    return f"queued ({place})" if place else task.status
+
+
 def _when(created: int) -> str:
     return datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M:%S") if created else ""
 
@@ -69,7 +84,7 @@ class ProgressView:
         self.live = console.is_terminal
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.fields[status]:<10}"),
+            TextColumn("{task.fields[status]:<16}"),
             BarColumn(bar_width=None),
             TaskProgressColumn(),
             EtaColumn(),
@@ -93,9 +108,10 @@ class ProgressView:
         eta = task.task_info.estimated_time
         done_at = None if eta is None else time.monotonic() + eta
         completed = 100 if task.status == "completed" else task.progress
-        self.progress.update(self.bar, completed=completed, status=task.status, done_at=done_at)
+        label = status_label(task)
+        self.progress.update(self.bar, completed=completed, status=label, done_at=done_at)
         if not self.live:
-            self.console.print(f"{task.status:<10} {task.progress:>3}%  {eta_text(eta)}")
+            self.console.print(f"{label:<16} {task.progress:>3}%  {eta_text(eta)}")
 
 
 def task_table(tasks: Iterable[Task]) -> Table:
@@ -139,6 +155,8 @@ def task_details(task: Task) -> Table:
         ("quality", info.quality or ""),
         ("aspect ratio", info.aspect_ratio or ""),
         ("resolution", info.resolution or ""),
+        ("tier", info.service_tier or ""),
+        ("queue", queue_text(task)),
     ]
     if not task.done:
         rows.append(("estimated", eta_text(info.estimated_time)))

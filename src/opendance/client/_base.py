@@ -1,4 +1,5 @@
-"""What the sync and async clients share: configuration, request bodies, retry rules, SSE."""
+"""What the sync and async clients share: configuration, request bodies, retry rules,
+long-poll pacing, SSE."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ RETRY_STATUSES: Final[frozenset[int]] = frozenset({429, 503})
 STREAM_READ_TIMEOUT: Final[float] = 45.0
 #: Streams that break before any event, in a row, before `wait` settles for polling.
 MAX_STREAM_FAILURES: Final[int] = 5
+#: How long `wait` asks the server to hold each read (`?wait=`, an opendance extension).
+DEFAULT_WAIT_PERIOD: Final[float] = 30.0
+#: The longest hold the server grants.
+MAX_WAIT_PERIOD: Final[float] = 60.0
+#: A held read's HTTP read timeout is its hold plus this: the answer is due at the end of the
+#: hold, not before, so the timeout must outlast it.
+LONG_POLL_GRACE: Final[float] = 15.0
 
 
 def _version() -> str:
@@ -78,6 +86,8 @@ def create_body(
     image_url: str | None,
     seed: int | None,
     callback_url: str | None,
+    service_tier: str | None,
+    execution_expires_after: int | None,
     extra_body: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The JSON of `POST /v1/videos/generations`; fields left at None are not sent."""
@@ -89,6 +99,8 @@ def create_body(
         "image_urls": [image_url] if image_url is not None else None,
         "seed": seed,
         "callback_url": callback_url,
+        "service_tier": service_tier,
+        "execution_expires_after": execution_expires_after,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     if extra_body:
@@ -162,6 +174,33 @@ def remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+def wait_period(period: float, left: float | None) -> float:
+    """The hold of the next long-poll: `period`, at most 60 s, and never past the deadline."""
+    hold = min(period, MAX_WAIT_PERIOD)
+    if left is not None:
+        hold = min(hold, left)
+    return max(0.001, hold)
+
+
+def wait_param(seconds: float) -> str:
+    """The `wait` query value: `30`, `0.25` (to the millisecond, never 0)."""
+    return f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")
+
+
+def long_poll_timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(seconds + LONG_POLL_GRACE, connect=10.0)
+
+
+def ignored_wait(current: Task, sent: Task | None, elapsed: float, hold: float) -> bool:
+    """Whether a long-poll's answer shows a server that does not hold reads (one older than
+    `?wait=`, or a proxy answering for it): no ETag, or the copy it was sent unchanged, and
+    back before half the hold. `wait` then paces itself with `poll_interval`."""
+    unchanged = current.etag is None or (
+        sent is not None and (current is sent or current.etag == sent.etag)
+    )
+    return unchanged and elapsed < hold / 2
+
+
 @dataclass
 class ServerSentEvent:
     event: str = "message"
@@ -205,17 +244,18 @@ class SSEDecoder:
 
 
 class ProgressTracker:
-    """Calls `on_progress` once per distinct (status, progress) and says when the task ended."""
+    """Says which tasks `on_progress` hears of: one per distinct (status, progress, place in
+    the queue); keeps the latest seen."""
 
-    def __init__(self, on_progress: Callable[[Task], object] | None) -> None:
+    def __init__(self, on_progress: Callable[[Task], object] | None, latest: Task | None) -> None:
         self.on_progress = on_progress
-        self.last: tuple[str, int] | None = None
-        self.latest: Task | None = None
+        self.last: tuple[str, int, int | None] | None = None
+        self.latest = latest
 
     def changed(self, task: Task) -> bool:
         """Record `task`; True if it differs from the last one seen (the caller reports it)."""
         self.latest = task
-        state = (task.status, task.progress)
+        state = (task.status, task.progress, task.task_info.queue_position)
         if state == self.last:
             return False
         self.last = state

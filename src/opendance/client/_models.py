@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 #: Statuses after which a task never changes again.
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "failed", "cancelled"})
@@ -25,6 +25,12 @@ class TaskInfo(_Model):
     resolution: str | None = None
     fps: int | None = None
     frames: int | None = None
+    #: `default` or `flex` (opendance extension: flex waits for the default tasks, for less).
+    service_tier: str | None = None
+    #: Seconds from creation by which the task must have started (when it has a deadline).
+    execution_expires_after: int | None = None
+    #: While pending: how many tasks of its model start before it (0: it is next).
+    queue_position: int | None = None
 
 
 class Usage(_Model):
@@ -58,6 +64,20 @@ class Task(_Model):
     expires_at: int | None = None
     #: Why it failed (`failed` only).
     error: TaskError | None = None
+
+    _etag: str | None = PrivateAttr(default=None)
+
+    @property
+    def etag(self) -> str | None:
+        """The ETag of the task read this copy came from (None from a create, a list or an
+        event): `get(task)` sends it as If-None-Match."""
+        return self._etag
+
+    def __eq__(self, other: Any) -> bool:  # `object` is a field here
+        # Where a copy came from is not what the task is: equal fields, equal tasks.
+        if not isinstance(other, Task):
+            return NotImplemented
+        return self.__dict__ == other.__dict__ and self.model_extra == other.model_extra
 
     @property
     def done(self) -> bool:

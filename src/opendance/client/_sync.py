@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -20,6 +20,7 @@ from opendance.client._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    DEFAULT_WAIT_PERIOD,
     ProgressTracker,
     SSEDecoder,
     StreamBroken,
@@ -35,8 +36,10 @@ from opendance.client._errors import (
 )
 from opendance.client._models import Credits, FileObject, Task, TaskPage
 
-#: Called with the task once per status or progress change.
+#: Called with the task once per change of status, progress or queue position.
 ProgressCallback = Callable[[Task], object]
+#: `flex` tasks start once no `default` task of their model waits, at a lower price.
+ServiceTier = Literal["default", "flex"]
 
 
 class TaskList:
@@ -158,8 +161,8 @@ class Client:
                 if isinstance(error, httpx.TimeoutException):
                     raise APITimeoutError(f"The request timed out: {error!r}") from error
                 raise APIConnectionError(f"Cannot reach {self.base_url}: {error!r}") from error
-            if response.is_success:
-                return response
+            if response.is_success or response.status_code == 304:
+                return response  # a 304 only answers a conditional read: the caller's copy
             delay = _base.status_delay(response, attempt) if attempt < self.max_retries else None
             if delay is None:
                 response.read()
@@ -183,13 +186,7 @@ class Client:
             )
 
         response = self._send(build, retry_after_sending=retry_after_sending)
-        try:
-            return response.json()
-        except ValueError:
-            raise OpenDanceError(
-                f"The server answered {method} {path} with a body that is not JSON.",
-                status=response.status_code,
-            ) from None
+        return _decode(response, method, path)
 
     # ------------------------------------------------------------------ the API
 
@@ -204,10 +201,15 @@ class Client:
         image: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         callback_url: str | None = None,
+        service_tier: ServiceTier | None = None,
+        execution_expires_after: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Task:
         """Create a task. `image` is the first frame: an http(s) URL, an `upload:` id, or a
-        local file (uploaded first). Fields left at None take the server's defaults."""
+        local file (uploaded first). `service_tier="flex"` waits for the default tasks of the
+        model, at a lower price; `execution_expires_after` (seconds) is the deadline for it to
+        start, else it fails `expired`, refunded (both opendance extensions). Fields left at
+        None take the server's defaults."""
         image_url: str | None = None
         if image is not None:
             image_url = str(image) if _base.is_reference(image) else self.upload(image)
@@ -220,13 +222,41 @@ class Client:
             image_url=image_url,
             seed=seed,
             callback_url=callback_url,
+            service_tier=service_tier,
+            execution_expires_after=execution_expires_after,
             extra_body=extra_body,
         )
         data = self._json("POST", "/v1/videos/generations", json=body, retry_after_sending=False)
         return Task.model_validate(data)
 
-    def get(self, task_id: str) -> Task:
-        return Task.model_validate(self._json("GET", f"/v1/tasks/{task_id}"))
+    def get(self, task_id: str | Task, *, wait: float | None = None) -> Task:
+        """The task now.
+
+        Given a Task from an earlier `get` instead of an id (it keeps the answer's ETag,
+        `task.etag`), the read is conditional: while the task is unchanged the server answers
+        304 and that same Task comes back. `wait` (seconds, at most 60; an opendance
+        extension) long-polls: the server holds the read until the task differs from that copy
+        (from what it is now, given an id) or `wait` seconds pass; a finished task answers at
+        once.
+        """
+        path = f"/v1/tasks/{_base.task_id_of(task_id)}"
+        known = task_id if isinstance(task_id, Task) else None
+        condition = {"If-None-Match": known.etag} if known is not None and known.etag else None
+        params = None if wait is None else {"wait": _base.wait_param(wait)}
+        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else _base.long_poll_timeout(wait)
+
+        def build() -> httpx.Request:
+            return self._http.build_request(
+                "GET", self._url(path), params=params, headers=self._headers(condition),
+                timeout=timeout,
+            )  # fmt: skip
+
+        response = self._send(build, retry_after_sending=True)
+        if response.status_code == 304 and known is not None:
+            return known
+        current = Task.model_validate(_decode(response, "GET", path))
+        current._etag = response.headers.get("etag")
+        return current
 
     def list(self, *, limit: int = 20, after: str | None = None) -> TaskList:
         """The key's tasks, newest first: one page, iterable across all of them."""
@@ -314,18 +344,26 @@ class Client:
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
         poll_interval: float = 1.0,
-        stream: bool = True,
+        stream: bool = False,
+        wait_period: float = DEFAULT_WAIT_PERIOD,
     ) -> Task:
         """Wait until the task ends; returns it (completed, failed or cancelled).
 
-        Follows the event stream; if the stream is cut, reads the task and resumes it; if the
-        server has no stream (or it keeps breaking), polls every `poll_interval` seconds.
-        `on_progress(task)` is called once per status or progress change. Past `timeout`
-        seconds: WaitTimeoutError (the task goes on).
+        Long-polls `GET /v1/tasks/{id}?wait=...` with the last ETag as If-None-Match: one
+        request per change of the task, plus one per `wait_period` (at most 60 s) while it
+        stays as it is. A server that answers at once anyway (one without `?wait=`) is read
+        every `poll_interval` seconds instead. `stream=True` follows the event stream instead
+        (resumed when cut; long-polls if the server has none).
+        `on_progress(task)` is called once per status, progress or queue position. Past
+        `timeout` seconds: WaitTimeoutError (the task goes on).
         """
+        if not wait_period > 0:
+            raise ValueError(f"wait_period is a number of seconds above 0, not {wait_period}")
         task_id = _base.task_id_of(task)
         deadline = None if timeout is None else time.monotonic() + timeout
-        tracker = ProgressTracker(on_progress)
+        tracker = ProgressTracker(on_progress, task if isinstance(task, Task) else None)
+        #: The copy the next long-poll holds against (None: read the task as it is first).
+        known = task if isinstance(task, Task) else None
         streaming = stream
         failures = 0
 
@@ -342,14 +380,26 @@ class Client:
                 )
             return left
 
+        def pause(seconds: float) -> None:
+            left = check_deadline()
+            self._sleep(seconds if left is None else max(0.0, min(seconds, left)))
+
         while True:
             left = check_deadline()
             if not streaming:
-                current = self.get(task_id)
+                slow_down = False
+                if known is None:
+                    current = self.get(task_id)
+                else:
+                    hold = _base.wait_period(wait_period, left)
+                    started = time.monotonic()
+                    current = self.get(known, wait=hold)
+                    slow_down = _base.ignored_wait(current, known, time.monotonic() - started, hold)
+                known = current
                 if seen(current):
                     return current
-                check_deadline()
-                self._sleep(poll_interval if left is None else max(0.0, min(poll_interval, left)))
+                if slow_down:
+                    pause(poll_interval)
                 continue
             got_event = False
             try:
@@ -368,13 +418,11 @@ class Client:
                 streaming = False
             # Whatever happened while no stream was open is read now, then the stream resumes.
             check_deadline()
-            current = self.get(task_id)
+            current = known = self.get(task_id)
             if seen(current):
                 return current
             if failures:
-                left = check_deadline()
-                pause = _base.backoff(failures - 1)
-                self._sleep(pause if left is None else max(0.0, min(pause, left)))
+                pause(_base.backoff(failures - 1))
 
     def download(self, task: str | Task, path: str | os.PathLike[str]) -> Path:
         """Stream the task's video to `path` (written whole or not at all); returns the path."""
@@ -427,3 +475,13 @@ class Client:
         if output is not None and done.status == "completed":
             self.download(done, output)
         return done
+
+
+def _decode(response: httpx.Response, method: str, path: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise OpenDanceError(
+            f"The server answered {method} {path} with a body that is not JSON.",
+            status=response.status_code,
+        ) from None

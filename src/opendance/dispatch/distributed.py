@@ -31,12 +31,14 @@ from typing import Any
 
 import procrastinate
 from procrastinate import exceptions as procrastinate_errors
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from opendance.dispatch.runner import TaskRunner
 from opendance.store.db import Database
+from opendance.store.tables import Task
 from opendance.tasks.service import TaskService
+from opendance.tasks.states import Status
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +116,46 @@ class JobDeferrer:
             )
 
     def redefer_pending(self) -> None:
-        """Offer pending tasks again (a lost defer is found here; waiting jobs are kept).
+        """Offer pending tasks again where a model has fewer waiting jobs than waiting tasks
+        (a lost defer is found here; waiting jobs are kept).
 
-        Only tasks left pending for a while: a fresh one has its job, and re-offering it while
-        a worker takes that job would only make a duplicate (harmless, but wasted).
+        A job stands for any task of its model, so what must hold is a count: per model, at
+        least as many `todo` jobs as pending tasks. Where it holds (nearly always) nothing is
+        deferred, so a deep queue costs two indexed counts, not a defer per task. Where it
+        does not, tasks left pending for a while and without a job of their own are offered
+        (a fresh task has its job on the way).
         """
+        with self.service.db.engine.connect() as connection:
+            pending = {str(m): int(n) for m, n in connection.execute(_PENDING_PER_MODEL)}
+            if not pending:
+                return
+            todo = {str(q): int(n) for q, n in connection.execute(_TODO_PER_QUEUE)}
+            short = {
+                model: count - todo.get(queue_for(model), 0)
+                for model, count in pending.items()
+                if count > todo.get(queue_for(model), 0)
+            }
+            if not short:
+                return
+            locked = set(connection.execute(_TODO_LOCKS).scalars())
         for task_id, model in self.service.pending_task_ids(quiet_for=10.0):
-            self.defer(task_id, model)
+            if short.get(model, 0) > 0 and task_id not in locked:
+                self.defer(task_id, model)
+                short[model] -= 1
+
+
+_PENDING_PER_MODEL = (
+    select(Task.requested_model, func.count())
+    .where(Task.status == Status.PENDING)
+    .group_by(Task.requested_model)
+)
+_TODO_PER_QUEUE = text(
+    "SELECT queue_name, count(*) FROM procrastinate_jobs WHERE status = 'todo' GROUP BY 1"
+)
+_TODO_LOCKS = text(
+    "SELECT queueing_lock FROM procrastinate_jobs "
+    "WHERE status = 'todo' AND queueing_lock IS NOT NULL"
+)
 
 
 class ProcrastinateWorker:

@@ -2,7 +2,8 @@
 // Talks to the same /v1 API as every client. Running tasks are followed with the SSE endpoint
 // read through fetch() streaming (EventSource cannot send the Authorization header); at most
 // MAX_STREAMS at once, so the browser's six connections per host stay free for the rest, and
-// the other running tasks are polled.
+// the other running tasks are long-polled (`?wait=` with If-None-Match: one request per change,
+// or per WAIT_SECONDS while a task stays as it is).
 "use strict";
 
 (() => {
@@ -10,6 +11,9 @@
   const MODEL = "doubao-seedance-1.0-pro-fast";
   const PAGE = 20;
   const MAX_STREAMS = 3;
+  // How long the server may hold a read of an unchanged task (it allows up to 60 s).
+  const WAIT_SECONDS = 25;
+  // After an error, or between reads of a server that answers at once (no long-poll there).
   const POLL_MS = 2000;
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
@@ -42,7 +46,7 @@
     tasks: new Map(), // id -> task object
     rows: new Map(), // id -> <li>
     streams: new Map(), // id -> AbortController
-    polls: new Map(), // id -> timer id
+    polls: new Map(), // id -> AbortController of its polling loop
     lastId: null,
     autoplay: null, // the id of the task submitted here: played when it completes
     playing: null,
@@ -235,7 +239,7 @@
     if (state.streams.size < MAX_STREAMS) {
       stream(id);
     } else {
-      state.polls.set(id, setTimeout(() => poll(id), POLL_MS));
+      poll(id, 0);
     }
   }
 
@@ -245,10 +249,10 @@
       state.streams.delete(id);
       controller.abort();
     }
-    const timer = state.polls.get(id);
-    if (timer !== undefined) {
+    const polling = state.polls.get(id);
+    if (polling) {
       state.polls.delete(id);
-      clearTimeout(timer);
+      polling.abort();
     }
   }
 
@@ -256,15 +260,69 @@
     for (const id of [...state.streams.keys(), ...state.polls.keys()]) unfollow(id);
   }
 
-  async function poll(id) {
-    state.polls.delete(id);
+  // Resolves after `ms`, or as soon as `signal` aborts.
+  function pause(ms, signal) {
+    return new Promise((resolve) => {
+      if (signal.aborted) {
+        resolve();
+        return;
+      }
+      const timer = setTimeout(resolve, ms);
+      signal.addEventListener("abort", () => {
+        clearTimeout(timer);
+        resolve();
+      }, { once: true });
+    });
+  }
+
+  // Follows a task without a stream: a plain read first (the task now, and its ETag), then
+  // long-polls naming that ETag. The server holds each one until the task changes (200, the
+  // new task) or WAIT_SECONDS pass (304: unchanged, ask again at once). fetch() with
+  // cache "no-store" sends no If-None-Match of its own, so it is set here. A server that
+  // answers at once anyway (no ETag, or unchanged before half the wait) is read every POLL_MS;
+  // an error waits POLL_MS. The task moves to a stream as soon as one is free.
+  async function poll(id, delay) {
+    const controller = new AbortController();
+    const { signal } = controller;
+    state.polls.set(id, controller);
     const generation = state.generation;
-    try {
-      const task = await api(`/v1/tasks/${encodeURIComponent(id)}`);
-      if (generation === state.generation) render(task);
-    } catch (_) {
-      if (generation === state.generation) state.polls.set(id, setTimeout(() => poll(id), POLL_MS));
+    const active = () => !signal.aborted && generation === state.generation;
+    const path = `/v1/tasks/${encodeURIComponent(id)}`;
+    let etag = null;
+    if (delay) await pause(delay, signal);
+    while (active()) {
+      const started = Date.now();
+      let slowDown = false;
+      try {
+        const response = await api(etag ? `${path}?wait=${WAIT_SECONDS}` : path, {
+          raw: true,
+          signal,
+          headers: etag ? { "If-None-Match": etag } : {},
+        });
+        const early = etag !== null && Date.now() - started < (WAIT_SECONDS * 1000) / 2;
+        if (response.status === 304) {
+          slowDown = early;
+        } else if (!response.ok) {
+          throw new Error(`HTTP ${response.status}`);
+        } else {
+          const task = await response.json();
+          const tag = response.headers.get("ETag");
+          slowDown = !tag || (tag === etag && early);
+          etag = tag;
+          if (!active()) return;
+          render(task); // a finished task unfollows itself: the loop ends
+          if (active() && state.streams.size < MAX_STREAMS) {
+            state.polls.delete(id);
+            stream(id);
+            return;
+          }
+        }
+      } catch (_) {
+        slowDown = true; // aborted on purpose (the loop ends), or it failed: wait a little
+      }
+      if (slowDown && active()) await pause(POLL_MS, signal);
     }
+    if (state.polls.get(id) === controller) state.polls.delete(id);
   }
 
   // One SSE connection; when it ends before the task does (cut, server restart), the task is
@@ -318,9 +376,7 @@
     }
     if (state.streams.get(id) !== controller) return; // unfollowed meanwhile
     state.streams.delete(id);
-    if (!ended && generation === state.generation) {
-      state.polls.set(id, setTimeout(() => poll(id), 1000));
-    }
+    if (!ended && generation === state.generation) poll(id, 1000);
   }
 
   // ------------------------------------------------------------------ task list

@@ -51,6 +51,7 @@ class Housekeeping(TaskCreation):
                 )
             if result_file:
                 delete(result_file)
+            self._changed(task_id)  # the result URL leaves the task's views
         return len(expired)
 
     def ledger_audit(self, key_id: str) -> ledger.LedgerAudit:

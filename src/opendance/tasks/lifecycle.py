@@ -163,7 +163,7 @@ class TaskLifecycle(TaskReads):
                 update(Task).where(*_held(task_id, lease_token)).values(**values)
             )
             alive = bool(result.rowcount == 1)  # type: ignore[attr-defined]
-        if alive and progress is not None:
+        if alive:  # progress, and `updated_at` (Ark's task shows it), changed
             self._changed(task_id)
         return alive
 

@@ -1,10 +1,12 @@
 """Reading tasks: one task as its owner sees it, pages of a key's tasks, the view every face
-renders from.
+renders from; and a pending task's place in its queue again, from memory (cached views).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import Connection, bindparam, func, or_, select
 
@@ -18,6 +20,7 @@ from opendance.tasks.models import (
     EXPIRED,
     TaskView,
 )
+from opendance.tasks.queue_snapshot import QueueKey
 from opendance.tasks.service_core import (
     _TASK_ID,
     _VIEW_COLUMNS,
@@ -32,16 +35,70 @@ _KEY_TASK = select(Task.__table__).where(
 )
 
 
+@dataclass(frozen=True)
+class TaskRead:
+    """A task as its owner sees it, and what places a pending one in its model's queue again
+    later (`TaskReads.pending_place`) without reading its row."""
+
+    view: TaskView
+    #: Where a pending task sits in its model's queue; None for any other status.
+    queue_key: QueueKey | None
+    #: The engine's own estimate of the task's run time, in seconds.
+    own_seconds: float
+
+
+class _NeedsDatabase(Exception):
+    pass
+
+
+class _NoDatabase:
+    """Stands in for a connection where the estimate must come from memory: the estimate's
+    caches answer while fresh, and a query (a cache gone stale) ends the attempt."""
+
+    def execute(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise _NeedsDatabase
+
+
+_NO_DATABASE = cast(Connection, _NoDatabase())
+
+
+def not_found(task_id: str) -> TaskNotFound:
+    return TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+
+
 class TaskReads(TaskEstimates):
     def get_task(self, key_id: str, task_id: str) -> TaskView:
         """A key's own task; another key's, or a deleted one, is as unknown as a missing one."""
+        return self.read_task(key_id, task_id).view
+
+    def read_task(self, key_id: str, task_id: str) -> TaskRead:
+        """`get_task`, with what a cached view needs to place a pending task again."""
         if not _TASK_ID.fullmatch(task_id):
-            raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
+            raise not_found(task_id)
         with self.db.connect() as connection:
             row = connection.execute(_KEY_TASK, {"task_id": task_id, "key_id": key_id}).first()
             if row is None:
-                raise TaskNotFound(f"No task with id '{task_id}'.", param="task_id")
-            return self._view(connection, row)
+                raise not_found(task_id)
+            view = self._view(connection, row)
+        pending = view.status == Status.PENDING
+        key: QueueKey | None = (row.tier, row.fair_tag, row.created_seq) if pending else None
+        return TaskRead(view=view, queue_key=key, own_seconds=row.estimated_seconds)
+
+    def pending_place(
+        self, model: str, key: QueueKey, own: float, *, offline: bool = True
+    ) -> tuple[int, int] | None:
+        """A pending task's (`estimated_time`, `queue_position`) again, without reading its row.
+
+        `offline`: from the queue snapshot and the estimate's caches alone, no database (None
+        when one of them is stale); else reading what is stale (blocking).
+        """
+        if not offline:
+            with self.db.connect() as connection:
+                return self._pending_estimate(connection, model, key, own)
+        try:
+            return self._pending_estimate(_NO_DATABASE, model, key, own)
+        except _NeedsDatabase:
+            return None
 
     def get_task_unscoped(self, task_id: str) -> TaskView | None:
         """For internal callers (workers, result downloads), never for a face's read.

@@ -142,4 +142,7 @@ class ServiceCore:
                 .where(*_held(task_id, lease_token))
                 .values(updated_at=self.clock.now(), **values)
             )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            updated = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if updated:  # a plan's size, or the new `updated_at`, shows in the task's views
+            self._changed(task_id)
+        return updated

@@ -1,7 +1,10 @@
-"""Who waits on a task in this process: the hub that wakes event streams when a task changes.
+"""Who waits on a task in this process: the hub that wakes event streams and long-polls when
+a task changes.
 
-It lives below the faces (a face's stream subscribes; the runtime wires `notify` to the task
-service), so the service never learns about HTTP and the faces never wire listeners.
+It lives below the faces (a face's stream or long-poll subscribes; the runtime wires `notify`
+to the task service and to the feed of other processes' changes), so the service never learns
+about HTTP and the faces never wire listeners. A waiter is an `asyncio.Event`: it holds no
+thread and no database connection, so thousands can wait at once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,16 @@ class TaskEvents:
     def notify(self, task_id: str) -> None:
         with self._lock:
             waiters = list(self._waiters.get(task_id, ()))
+        self._wake(waiters)
+
+    def wake_all(self) -> None:
+        """Wake every waiter (the server is stopping: they answer now)."""
+        with self._lock:
+            waiters = [waiter for group in self._waiters.values() for waiter in group]
+        self._wake(waiters)
+
+    @staticmethod
+    def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(event.set)

@@ -6,7 +6,7 @@ import hashlib
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.ark.objects import (
@@ -21,7 +21,7 @@ from opendance.faces.ark.requests import (
     _invalid,
     parse_create,
 )
-from opendance.faces.auth import CurrentKey
+from opendance.faces.auth import BEARER_SECURITY, CurrentKey
 from opendance.faces.common import (
     body_limit,
     guarded_create,
@@ -32,9 +32,18 @@ from opendance.faces.common import (
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import ApiError, error_responses
 from opendance.faces.images import ImageInbox
+from opendance.faces.polling import (
+    NOT_MODIFIED,
+    IfNoneMatchHeader,
+    WaitQuery,
+    read_task,
+    task_read_face,
+)
 from opendance.media.sizes import NAMED_RATIOS
+from opendance.runtime import Runtime
 from opendance.settings import SERVICE_TIERS
 from opendance.tasks.errors import TaskNotCancellable
+from opendance.tasks.models import TaskView
 from opendance.tasks.states import Status
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +116,19 @@ _CREATE_BODY: Final[dict[str, Any]] = {
                     "camera_fixed": {"type": "boolean"},
                     "watermark": {"type": "boolean"},
                     "callback_url": {"type": "string"},
+                    "service_tier": {
+                        "type": "string",
+                        "enum": ["default", "flex"],
+                        "description": "flex: runs when no default task of the model waits, "
+                        "at a lower price.",
+                    },
+                    "execution_expires_after": {
+                        "type": "integer",
+                        "minimum": 3600,
+                        "maximum": 259200,
+                        "description": "Seconds from creation by which the task must have "
+                        "started (default 172800), else it ends expired, refunded.",
+                    },
                 },
             }
         }
@@ -142,17 +164,31 @@ async def create_task(request: Request, key: CurrentKey) -> JSONResponse:
     return JSONResponse({"id": view.id}, headers=headers)
 
 
+def _task_body(runtime: Runtime, view: TaskView) -> tuple[dict[str, Any], dict[str, str]]:
+    return task_object(view, runtime.results), {}
+
+
+TASK_READ = task_read_face("ark", PREFIX + "/{task_id}", _task_body)
+
+
+# An unchanged task is answered from memory before routing (`faces/cached_reads.py`).
 @router.get(
-    PREFIX + "/{task_id}",
-    summary="Query a video generation task",
+    TASK_READ.route,
+    summary="Query a video generation task (ETag, If-None-Match, long-poll with `wait`)",
     responses={
         200: {"content": {"application/json": {"example": _TASK_EXAMPLE}}},
+        **NOT_MODIFIED,
         **error_responses({404: "ResourceNotFound"}),
     },
+    openapi_extra=BEARER_SECURITY,
 )
-def get_task(task_id: str, key: CurrentKey, request: Request) -> dict[str, Any]:
-    runtime = runtime_of(request)
-    return task_object(runtime.service.get_task(key.id, task_id), runtime.results)
+async def get_task(
+    task_id: str,
+    request: Request,
+    wait: WaitQuery = None,
+    _if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    return await read_task(request, TASK_READ, task_id, wait)
 
 
 @router.get(PREFIX, summary="List video generation tasks (numbered pages, filters)")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from opendance.faces.auth import CurrentKey
+from opendance.faces.auth import BEARER_SECURITY, CurrentKey
 from opendance.faces.common import (
     guarded_create,
     remove_result,
@@ -35,8 +35,17 @@ from opendance.faces.openai.requests import (
     OpenAIRoute,
     parse_create,
 )
+from opendance.faces.polling import (
+    NOT_MODIFIED,
+    IfNoneMatchHeader,
+    WaitQuery,
+    read_task,
+    task_read_face,
+)
 from opendance.media import previews
+from opendance.runtime import Runtime
 from opendance.tasks.errors import TaskNotCancellable
+from opendance.tasks.models import TaskView
 from opendance.tasks.states import TERMINAL, Status
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +102,19 @@ _CREATE_FIELDS: Final[dict[str, Any]] = {
         "type": "string",
         "description": "opendance extension: https URL sent a video.completed / video.failed "
         "event when the video ends.",
+    },
+    "service_tier": {
+        "type": "string",
+        "enum": ["default", "flex"],
+        "description": "opendance extension: flex runs when no default task of the model "
+        "waits, at a lower price.",
+    },
+    "execution_expires_after": {
+        "type": "integer",
+        "minimum": 3600,
+        "maximum": 259200,
+        "description": "opendance extension: seconds from creation by which the video must "
+        "have started, else it fails with error code expired, refunded.",
     },
 }
 
@@ -195,15 +217,28 @@ def list_videos(
     }
 
 
-@router.get(
-    "/v1/videos/{video_id}",
-    summary="Retrieve a video (with the openai-poll-after-ms header while it runs)",
-    responses={**_NOT_FOUND, **_RESERVED},
-)
-def retrieve_video(video_id: VideoId, key: CurrentKey, request: Request) -> JSONResponse:
-    view = runtime_of(request).service.get_task(key.id, video_id)
+def _video_body(_runtime: Runtime, view: TaskView) -> tuple[dict[str, Any], dict[str, str]]:
     headers = {} if view.status in TERMINAL else {"openai-poll-after-ms": str(poll_after_ms(view))}
-    return JSONResponse(video_object(view), headers=headers)
+    return video_object(view), headers
+
+
+VIDEO_READ = task_read_face("openai", "/v1/videos/{video_id}", _video_body)
+
+
+# An unchanged video is answered from memory before routing (`faces/cached_reads.py`).
+@router.get(
+    VIDEO_READ.route,
+    summary="Retrieve a video (openai-poll-after-ms while it runs; ETag, long-poll with `wait`)",
+    responses={**NOT_MODIFIED, **_NOT_FOUND, **_RESERVED},
+    openapi_extra=BEARER_SECURITY,
+)
+async def retrieve_video(
+    video_id: VideoId,
+    request: Request,
+    wait: WaitQuery = None,
+    _if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    return await read_task(request, VIDEO_READ, video_id, wait)
 
 
 @router.get(

@@ -9,7 +9,7 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from opendance.faces.auth import (
@@ -17,18 +17,25 @@ from opendance.faces.auth import (
     CurrentKey,
     authenticate_async,
     bearer_token,
-    read_key,
 )
 from opendance.faces.common import (
     guarded_create,
-    run_on,
 )
 from opendance.faces.deps import runtime_of
 from opendance.faces.errors import KEY_ERRORS, error_responses
 from opendance.faces.images import ImageInbox
+from opendance.faces.polling import (
+    NOT_MODIFIED,
+    IfNoneMatchHeader,
+    WaitQuery,
+    read_task,
+    task_read_face,
+)
 from opendance.faces.seedance.objects import task_object
 from opendance.faces.seedance.requests import CreateVideoRequest, parse_create_request
+from opendance.runtime import Runtime
 from opendance.settings import DEFAULT_MODEL
+from opendance.tasks.models import TaskView
 
 router = APIRouter(
     tags=["Seedance task API"],
@@ -98,20 +105,28 @@ async def create_video(request: Request) -> JSONResponse:
     return JSONResponse(task_object(view, runtime.results), headers=headers)
 
 
-# The hottest read: the key is checked in the handler (no dependency injection) and the task
-# object goes out as a JSONResponse (no generic encoder); together they cost more than the
-# database read behind them.
+def _task_body(runtime: Runtime, view: TaskView) -> tuple[dict[str, Any], dict[str, str]]:
+    return task_object(view, runtime.results), {}
+
+
+TASK_READ = task_read_face("seed", "/v1/tasks/{task_id}", _task_body)
+
+
+# The hottest read. An unchanged task is answered from memory before routing
+# (`faces/cached_reads.py`); here the rest: the first read after a change, long-polls.
 @router.get(
-    "/v1/tasks/{task_id}",
-    summary="Query a task",
-    responses={**_TASK_ANSWER, **error_responses({404: "Unknown task"})},
+    TASK_READ.route,
+    summary="Query a task (ETag, If-None-Match, long-poll with `wait`)",
+    responses={**_TASK_ANSWER, **NOT_MODIFIED, **error_responses({404: "Unknown task"})},
     openapi_extra=BEARER_SECURITY,
 )
-async def get_task(task_id: str, request: Request) -> JSONResponse:
-    runtime = runtime_of(request)
-    key, headers = await read_key(request)
-    view = await run_on(runtime.db.read_executor, runtime.service.get_task, key.id, task_id)
-    return JSONResponse(task_object(view, runtime.results), headers=headers)
+async def get_task(
+    task_id: str,
+    request: Request,
+    wait: WaitQuery = None,
+    _if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    return await read_task(request, TASK_READ, task_id, wait)
 
 
 @router.post(
